@@ -1,0 +1,374 @@
+"""`EventBus`: one broker connection, its subscribers and publishers, and its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from eventbus.broker import Broker
+from eventbus.codecs import CodecRegistry, default_registry
+from eventbus.errors import ClosedError, ConfigurationError
+from eventbus.message import new_id
+from eventbus.middleware import Middleware, RetryPolicy
+from eventbus.publisher import Publisher
+from eventbus.rpc import Replies
+from eventbus.subscriber import Subscriber
+
+if TYPE_CHECKING:
+    from eventbus.blocking import BlockingBus
+
+__all__ = ["EventBus", "default_bus", "set_default_bus", "subscriber"]
+
+log = logging.getLogger("eventbus")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NEW, _STARTING, _RUNNING, _CLOSING, _CLOSED = range(5)
+_DEFAULT_RETRY = RetryPolicy()
+
+
+class EventBus:
+    """A connection to one broker with its subscribers, publishers and request/reply.
+
+    The URL picks the broker: ``memory://`` (in-process, the default), ``redis://``,
+    ``nats://``, ``amqp://`` or ``kafka://``. The same code runs on any of them.
+
+    Args:
+        url: Broker URL; ``EVENTBUS_URL`` or ``memory://`` when omitted.
+        name: Service name. A named bus is a service node in the registry.
+        version: Service version, announced with the node.
+        metadata: Free-form node metadata, announced with the node.
+        broker: A ready `Broker` to use instead of building one from ``url``.
+        middleware: Handler middleware for every subscriber of this bus (outermost).
+        publish_middleware: Publish middleware for every publisher of this bus.
+        retry: Default retry policy of this bus's subscribers (3 attempts, 0.1 s
+            backoff doubling); an int is a number of attempts, 1 disables retries.
+        codecs: Codec registry; the process-wide default when omitted.
+        shutdown_timeout: Seconds `close` waits for in-flight handlers.
+        broker_options: Passed to the adapter (e.g. ``maxlen=`` for Redis).
+
+    Example:
+        >>> bus = EventBus("memory://", name="billing")
+        >>> @bus.subscriber("orders.placed", group="billing")
+        ... async def bill(order: dict) -> None: ...
+        >>> # async with bus:
+        >>> #     await bus.publish("orders.placed", {"id": 1})
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        name: str | None = None,
+        version: str = "",
+        metadata: Mapping[str, str] | None = None,
+        broker: Broker | None = None,
+        middleware: Sequence[Middleware] = (),
+        publish_middleware: Sequence[Middleware] = (),
+        retry: RetryPolicy | int = _DEFAULT_RETRY,
+        codecs: CodecRegistry | None = None,
+        shutdown_timeout: float = 10.0,
+        **broker_options: object,
+    ) -> None:
+        self.url = url or os.environ.get("EVENTBUS_URL") or "memory://"
+        self.name = name
+        self.version = version
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.node_id = new_id()
+        self.source = name or "eventbus"
+        self.middleware: list[Middleware] = list(middleware)
+        self.publish_middleware: list[Middleware] = list(publish_middleware)
+        self.retry = RetryPolicy.of(retry)
+        self.codecs = codecs or default_registry()
+        self.shutdown_timeout = shutdown_timeout
+        self.subscribers: list[Subscriber] = []
+        self.replies = Replies(self)
+        self._broker = broker
+        self._broker_options = broker_options
+        self._publishers: dict[str, Publisher] = {}
+        self._state = _NEW
+        self._starting: asyncio.Lock | None = None
+        self.is_running = False
+        """True between a successful `start` and `close`."""
+
+    def __repr__(self) -> str:
+        name = f", name={self.name!r}" if self.name else ""
+        return f"EventBus({self.url!r}{name})"
+
+    @property
+    def broker(self) -> Broker:
+        """The bus's `Broker`, created from the URL on first use."""
+        if self._broker is None:
+            from eventbus.brokers import open_broker
+
+            options = dict(self._broker_options)
+            options.setdefault("grace", self.shutdown_timeout)
+            self._broker = open_broker(self.url, **options)
+        return self._broker
+
+    def use_broker(self, broker: Broker) -> None:
+        """Replace the broker before the bus starts (how `eventbus.testing` swaps in memory).
+
+        Raises:
+            ConfigurationError: the bus is already running.
+        """
+        if self._state != _NEW:
+            raise ConfigurationError("use_broker() must be called before the bus starts")
+        self._broker = broker
+
+    # -- subscribing -------------------------------------------------------------------
+
+    def subscriber(
+        self,
+        topic: str,
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        retry: RetryPolicy | int | None = None,
+        timeout: float | None = None,
+        dead_letter: str | None = None,
+        middleware: Sequence[Middleware] = (),
+        **options: object,
+    ) -> Callable[[F], F]:
+        """Decorator: run the function for each message on ``topic``.
+
+        The first parameter's annotation picks how the body is decoded (pydantic
+        model, dataclass, protobuf class, ``dict``/``list``, ``str``, ``bytes``, or
+        ``Message`` for the raw envelope); an optional ``msg: Message`` parameter gets
+        the envelope. A return value is the reply when the message is a request.
+
+        Args:
+            topic: The topic to consume.
+            group: Competing-consumer group: each message goes to one member. Without
+                a group every subscriber gets every message (fan-out).
+            concurrency: Messages handled at once by this subscriber (default 1:
+                strictly in order).
+            retry: Retry policy on handler errors (the bus's by default; 1 = none).
+            timeout: Seconds a handler may run before it is cancelled and counted failed.
+            dead_letter: Dead-letter topic (``<topic>.dlq`` by default).
+            middleware: Handler middleware for this subscriber (inside the bus's).
+            options: Adapter-specific options (e.g. ``durable=False``).
+
+        Raises:
+            ConfigurationError: a bad option or a handler signature eventbus cannot call.
+        """
+
+        def register(fn: F) -> F:
+            self.add_subscriber(
+                topic,
+                fn,
+                group=group,
+                concurrency=concurrency,
+                retry=retry,
+                timeout=timeout,
+                dead_letter=dead_letter,
+                middleware=middleware,
+                **options,
+            )
+            return fn
+
+        return register
+
+    def add_subscriber(self, topic: str, fn: Callable[..., Any], **settings: Any) -> Subscriber:
+        """Register ``fn`` on ``topic`` (the decorator's non-decorator form); started with the bus.
+
+        Raises:
+            ConfigurationError: the bus is running (use `subscribe`), or bad settings.
+        """
+        if self._state != _NEW:
+            raise ConfigurationError(
+                f"the bus is running; add the handler for {topic!r} with `await bus.subscribe(...)`"
+            )
+        sub = self._make_subscriber(topic, fn, settings)
+        self.subscribers.append(sub)
+        return sub
+
+    def _make_subscriber(
+        self, topic: str, fn: Callable[..., Any], settings: dict[str, Any]
+    ) -> Subscriber:
+        known = ("group", "concurrency", "retry", "timeout", "dead_letter", "middleware")
+        options = {k: v for k, v in settings.items() if k not in known}
+        fields = {k: v for k, v in settings.items() if k in known}
+        return Subscriber(self, topic, fn, options=options, **fields)
+
+    async def subscribe(self, topic: str, fn: Callable[..., Any], **settings: Any) -> Subscriber:
+        """Add and start a subscriber on a running bus (starting the bus if needed).
+
+        Takes the same settings as `subscriber`. Returns once the subscription is live.
+        """
+        sub = self._make_subscriber(topic, fn, settings)
+        self.subscribers.append(sub)
+        if self.is_running:
+            await sub.start()
+        else:
+            await self.start()
+        return sub
+
+    # -- publishing --------------------------------------------------------------------
+
+    def publisher(self, topic: str, **settings: Any) -> Publisher:
+        """Return a `Publisher` for ``topic`` on this bus (settings as `Publisher`'s)."""
+        return Publisher(topic, bus=self, **settings)
+
+    def _publisher(self, topic: str) -> Publisher:
+        pub = self._publishers.get(topic)
+        if pub is None:
+            pub = self._publishers[topic] = Publisher(topic, bus=self)
+        return pub
+
+    async def publish(self, topic: str, value: object = None, **kwargs: Any) -> Any:
+        """Publish ``value`` to ``topic`` (see `Publisher.publish`)."""
+        return await self._publisher(topic).publish(value, **kwargs)
+
+    async def request(self, topic: str, value: object = None, **kwargs: Any) -> Any:
+        """Send a request to ``topic`` and return the decoded reply (see `Publisher.request`)."""
+        return await self._publisher(topic).request(value, **kwargs)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, start every subscriber, and return once all are live.
+
+        A message published after `start` returns reaches every subscriber. Safe to
+        call twice; concurrent callers wait for the same start.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+            ClosedError: the bus was closed.
+        """
+        if self._state == _RUNNING:
+            return
+        if self._state >= _CLOSING:
+            raise ClosedError(f"{self!r} was closed; create a new EventBus")
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._state == _RUNNING:
+                return
+            self._state = _STARTING
+            try:
+                await self.broker.connect()
+                await asyncio.gather(*(sub.start() for sub in self.subscribers))
+                await self._on_started()
+            except BaseException:
+                self._state = _NEW
+                await self._stop_subscribers()
+                raise
+            self._state = _RUNNING
+            self.is_running = True
+            log.info(
+                "%s started with %d subscriber(s)", self.name or self.url, len(self.subscribers)
+            )
+
+    async def _on_started(self) -> None:
+        """Hook for what runs once subscribers are live (presence announcement)."""
+
+    async def _on_closing(self) -> None:
+        """Hook for what runs before subscribers stop (presence goodbye)."""
+
+    async def close(self) -> None:
+        """Stop subscribers (in-flight handlers finish), close the inbox and the broker.
+
+        Messages taken but not handled stay unacknowledged, so the broker redelivers
+        them. Safe to call twice.
+        """
+        if self._state >= _CLOSING:
+            return
+        was_running = self._state == _RUNNING
+        self._state = _CLOSING
+        self.is_running = False
+        try:
+            if was_running:
+                await self._on_closing()
+            await self._stop_subscribers()
+            await self.replies.close()
+        finally:
+            if self._broker is not None:
+                await self._broker.close()
+            self._state = _CLOSED
+            log.info("%s closed", self.name or self.url)
+
+    async def _stop_subscribers(self) -> None:
+        await asyncio.gather(*(sub.stop() for sub in self.subscribers), return_exceptions=False)
+
+    async def __aenter__(self) -> EventBus:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def run(self) -> None:
+        """Run until SIGINT or SIGTERM, then shut down gracefully.
+
+        In-flight handlers finish (up to ``shutdown_timeout``) before the bus closes.
+        """
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+        try:
+            await self.start()
+            log.info("%s running; SIGINT or SIGTERM stops it", self.name or self.url)
+            await stop.wait()
+            log.info("%s stopping: finishing in-flight handlers", self.name or self.url)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.close()
+
+    def blocking(self) -> BlockingBus:
+        """A synchronous facade running this bus on a background thread (see `BlockingBus`)."""
+        from eventbus.blocking import BlockingBus
+
+        return BlockingBus(self)
+
+
+_default_bus: EventBus | None = None
+
+
+def default_bus() -> EventBus:
+    """The process's default bus, created on first use from ``EVENTBUS_URL`` (or ``memory://``)."""
+    global _default_bus
+    if _default_bus is None:
+        _default_bus = EventBus(os.environ.get("EVENTBUS_URL") or "memory://")
+    return _default_bus
+
+
+def set_default_bus(bus: EventBus | None) -> None:
+    """Replace the default bus (``None``: create a fresh one from the environment on next use)."""
+    global _default_bus
+    _default_bus = bus
+
+
+def subscriber(
+    topic: str,
+    *,
+    bus: EventBus | None = None,
+    **settings: Any,
+) -> Callable[[F], F]:
+    """Decorator registering a handler on the default bus (or ``bus=``).
+
+    Takes the same settings as `EventBus.subscriber`.
+
+    Example:
+        >>> @subscriber("math.add")
+        ... async def add(req: dict) -> dict:
+        ...     return {"sum": req["a"] + req["b"]}
+    """
+    return (bus or default_bus()).subscriber(topic, **settings)

@@ -1,0 +1,120 @@
+"""`Dispatcher`: a fixed set of worker tasks fed from a FIFO buffer.
+
+Adapters use it to run a subscription's handler with bounded concurrency without
+creating a task per message: ``concurrency`` long-lived workers take items in order.
+Stopping it lets in-flight items finish (up to a grace period) and hands back what was
+not handled, so the adapter can leave it unacknowledged for redelivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("eventbus")
+
+T = TypeVar("T")
+
+
+class Dispatcher(Generic[T]):
+    """Runs ``handle(item)`` for each `put` item on up to ``concurrency`` workers.
+
+    With one worker, items are handled strictly in order. ``handle`` should not raise;
+    if it does, the error is logged and the worker goes on.
+
+    Example:
+        >>> async def main() -> None:
+        ...     seen: list[int] = []
+        ...     async def handle(item: int) -> None:
+        ...         seen.append(item)
+        ...     d = Dispatcher(handle, concurrency=2)
+        ...     d.start()
+        ...     for i in range(3):
+        ...         d.put(i)
+        ...     await d.stop(grace=1.0)
+    """
+
+    def __init__(
+        self, handle: Callable[[T], Awaitable[None]], *, concurrency: int = 1, name: str = ""
+    ) -> None:
+        self._handle = handle
+        self._concurrency = concurrency
+        self._name = name
+        self._buffer: deque[T] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._workers: list[asyncio.Task[None]] = []
+        self._inflight: dict[asyncio.Task[None], T] = {}
+        self._unfinished: list[T] = []
+        self._stopping = False
+
+    @property
+    def pending(self) -> int:
+        """Items waiting plus items being handled."""
+        return len(self._buffer) + len(self._inflight)
+
+    def start(self) -> None:
+        """Start the workers on the running loop."""
+        for i in range(self._concurrency):
+            task = asyncio.create_task(self._work(), name=f"eventbus:{self._name}:{i}")
+            self._workers.append(task)
+
+    def put(self, item: T) -> None:
+        """Queue an item (never blocks). Items put after `stop` began are handed back by it."""
+        self._buffer.append(item)
+        if self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _work(self) -> None:
+        buffer = self._buffer
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            if not buffer:
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+                continue
+            item = buffer.popleft()
+            self._inflight[task] = item
+            try:
+                await self._handle(item)
+            except asyncio.CancelledError:
+                self._unfinished.append(item)
+                raise
+            except Exception:
+                log.exception("dispatcher %s: handler raised; it should not", self._name)
+            finally:
+                self._inflight.pop(task, None)
+
+    async def stop(self, grace: float) -> list[T]:
+        """Stop taking items; wait up to ``grace`` seconds for in-flight ones; cancel the rest.
+
+        Returns:
+            The items that were not handled: never started, or cancelled mid-way.
+        """
+        self._stopping = True
+        for waiter in self._idle:
+            waiter.cancel()
+        self._idle.clear()
+        busy = [t for t in self._workers if t in self._inflight]
+        idle = [t for t in self._workers if t not in self._inflight]
+        for task in idle:
+            task.cancel()
+        if busy:
+            _, late = await asyncio.wait(busy, timeout=grace)
+            for task in late:
+                task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+        left = [*self._unfinished, *self._buffer]
+        self._unfinished.clear()
+        self._buffer.clear()
+        return left
