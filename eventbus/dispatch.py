@@ -24,8 +24,8 @@ T = TypeVar("T")
 class Dispatcher(Generic[T]):
     """Runs ``handle(item)`` for each `put` item on up to ``concurrency`` workers.
 
-    With one worker, items are handled strictly in order. ``handle`` should not raise;
-    if it does, the error is logged and the worker goes on.
+    With one worker, items are handled strictly in order. If ``handle`` raises, the
+    item and the error go to ``on_error`` (or the log) and the worker goes on.
 
     Example:
         >>> async def main() -> None:
@@ -40,9 +40,15 @@ class Dispatcher(Generic[T]):
     """
 
     def __init__(
-        self, handle: Callable[[T], Awaitable[None]], *, concurrency: int = 1, name: str = ""
+        self,
+        handle: Callable[[T], Awaitable[None]],
+        *,
+        concurrency: int = 1,
+        name: str = "",
+        on_error: Callable[[T, Exception], None] | None = None,
     ) -> None:
         self._handle = handle
+        self._on_error = on_error
         self._concurrency = concurrency
         self._name = name
         self._buffer: deque[T] = deque()
@@ -89,8 +95,11 @@ class Dispatcher(Generic[T]):
             except asyncio.CancelledError:
                 self._unfinished.append(item)
                 raise
-            except Exception:
-                log.exception("dispatcher %s: handler raised; it should not", self._name)
+            except Exception as exc:
+                if self._on_error is None:
+                    log.exception("dispatcher %s: handler raised", self._name)
+                else:
+                    self._on_error(item, exc)
             finally:
                 self._inflight.pop(task, None)
 

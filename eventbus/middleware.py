@@ -36,6 +36,7 @@ __all__ = [
     "Middleware",
     "Next",
     "RetryPolicy",
+    "Wrapper",
     "chain",
     "retry",
     "timeout",
@@ -57,8 +58,29 @@ def chain(middleware: Sequence[Middleware], last: Next) -> Next:
     """Compose middleware around ``last``; the first in the list runs outermost."""
     call = last
     for mw in reversed(middleware):
-        call = _bind(mw, call)
+        call = mw.wrap(call) if isinstance(mw, Wrapper) else _bind(mw, call)
     return call
+
+
+class Wrapper:
+    """A middleware built from a function that wraps the next step once, at chain time.
+
+    Saves a coroutine frame per message against a plain ``(message, call_next)``
+    function; the built-in `retry` and `timeout` use it. Still callable as a plain
+    middleware.
+    """
+
+    __slots__ = ("name", "wrap")
+
+    def __init__(self, wrap: Callable[[Next], Next], name: str) -> None:
+        self.wrap = wrap
+        self.name = name
+
+    async def __call__(self, message: Message, call_next: Next) -> Any:
+        return await self.wrap(call_next)(message)
+
+    def __repr__(self) -> str:
+        return f"<middleware {self.name}>"
 
 
 def _bind(mw: Middleware, call_next: Next) -> Next:
@@ -128,32 +150,35 @@ def retry(policy: RetryPolicy | int = 3) -> Middleware:
     rules = RetryPolicy.of(policy)
     attempts = rules.attempts
 
-    async def retrying(message: Message, call_next: Next) -> Any:
-        attempt = 1
-        while True:
-            try:
-                return await call_next(message)
-            except DecodeError:
-                raise
-            except Exception as exc:
-                if attempt >= attempts or message.reply_to is not None:
-                    _note_attempts(exc, attempt)
+    def wrap(call_next: Next) -> Next:
+        async def retrying(message: Message) -> Any:
+            attempt = 1
+            while True:
+                try:
+                    return await call_next(message)
+                except DecodeError:
                     raise
-                wait = rules.delay(attempt)
-                log.warning(
-                    "handler failed on %r (id=%s), try %d of %d: %s: %s; retrying in %.2fs",
-                    message.topic,
-                    message.id,
-                    attempt,
-                    attempts,
-                    type(exc).__name__,
-                    exc,
-                    wait,
-                )
-                await asyncio.sleep(wait)
-                attempt += 1
+                except Exception as exc:
+                    if attempt >= attempts or message.reply_to is not None:
+                        _note_attempts(exc, attempt)
+                        raise
+                    wait = rules.delay(attempt)
+                    log.warning(
+                        "handler failed on %r (id=%s), try %d of %d: %s: %s; retrying in %.2fs",
+                        message.topic,
+                        message.id,
+                        attempt,
+                        attempts,
+                        type(exc).__name__,
+                        exc,
+                        wait,
+                    )
+                    await asyncio.sleep(wait)
+                    attempt += 1
 
-    return retrying
+        return retrying
+
+    return Wrapper(wrap, f"retry({attempts})")
 
 
 def _note_attempts(exc: BaseException, attempts: int) -> None:
@@ -170,10 +195,13 @@ def timeout(seconds: float) -> Middleware:
     if seconds <= 0:
         raise ConfigurationError(f"timeout must be > 0 seconds, not {seconds!r}")
 
-    async def limited(message: Message, call_next: Next) -> Any:
-        return await run_within(seconds, call_next, message)
+    def wrap(call_next: Next) -> Next:
+        async def limited(message: Message) -> Any:
+            return await run_within(seconds, call_next, message)
 
-    return limited
+        return limited
+
+    return Wrapper(wrap, f"timeout({seconds:g})")
 
 
 async def run_within(seconds: float, call: Next, message: Message) -> Any:

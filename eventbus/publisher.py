@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from eventbus.codecs import Codec
-from eventbus.errors import ConfigurationError, EncodeError
+from eventbus.codecs import Encoder
+from eventbus.errors import ConfigurationError
 from eventbus.message import DEADLINE, Message, new_id
 from eventbus.middleware import Middleware, chain
 from eventbus.rpc import decode_reply
@@ -72,7 +72,7 @@ class Publisher:
         self.durable = durable
         self.middleware = tuple(middleware)
         self._bus = bus
-        self._codecs: dict[str, Codec] = {}
+        self._encoders: dict[tuple[str | None, Any], tuple[str, Encoder]] = {}
         self._send: Callable[[Message], Awaitable[Any]] | None = None
         self._send_broker: Broker | None = None
 
@@ -99,34 +99,14 @@ class Publisher:
             self._send_broker = broker
         return self._send
 
-    def _message(
-        self,
-        bus: EventBus,
-        value: object,
-        content_type: str | None,
-        headers: Mapping[str, str] | None,
-        key: object,
-        **fields: Any,
-    ) -> Message:
-        ct = content_type or self.content_type or bus.codecs.content_type_for(value)
-        codec = self._codecs.get(ct)
-        if codec is None:
-            try:
-                codec = self._codecs[ct] = bus.codecs.get(ct)
-            except Exception as exc:
-                raise EncodeError(str(exc)) from None
-        body = codec.encode(value)
-        merged = _headers(self.headers, headers) if headers or self.headers else {}
-        return Message(
-            self.topic,
-            body,
-            merged,
-            ct,
-            key=None if key is None else key if type(key) is str else str(key),
-            source=bus.source,
-            type=fields.pop("type", None) or self.type,
-            **fields,
-        )
+    def _encode(self, bus: EventBus, value: object, content_type: str | None) -> tuple[str, bytes]:
+        # Resolved once per (content type, value type): the hot path is one dict lookup.
+        content_type = content_type or self.content_type
+        cache_key = (content_type, value.__class__)
+        found = self._encoders.get(cache_key)
+        if found is None:
+            found = self._encoders[cache_key] = bus.codecs.encoder(value, content_type)
+        return found[0], found[1](value)
 
     async def publish(
         self,
@@ -165,18 +145,24 @@ class Publisher:
         bus = self._bus or self.bus
         if not bus.is_running:
             await bus.start()
-        message = self._message(
-            bus,
-            value,
-            content_type,
-            headers,
+        ct, body = self._encode(bus, value, content_type)
+        if key is not None and key.__class__ is not str:
+            key = str(key)
+        message = Message(
+            self.topic,
+            body,
+            _headers(self.headers, headers),
+            ct,
+            id,
+            None,
             key,
-            id=id,
-            type=type,
-            reply_to=reply_to,
-            correlation_id=correlation_id,
+            reply_to,
+            correlation_id,
+            bus.source,
+            type or self.type,
         )
-        await self._sender(bus)(message)
+        send = self._send if self._send_broker is bus._broker else self._sender(bus)
+        await send(message)  # type: ignore[misc]  # _sender() set it when None
         return message
 
     @overload
@@ -233,8 +219,17 @@ class Publisher:
         extra = {DEADLINE: str(int(timeout * 1000))}
         if headers:
             extra.update(headers)
-        message = self._message(
-            bus, value, content_type, extra, key, reply_to=address, correlation_id=new_id()
+        ct, body = self._encode(bus, value, content_type)
+        message = Message(
+            self.topic,
+            body,
+            _headers(self.headers, extra),
+            ct,
+            key=None if key is None else str(key),
+            reply_to=address,
+            correlation_id=new_id(),
+            source=bus.source,
+            type=self.type,
         )
         reply = await bus.replies.request(message, timeout, self._sender(bus))
         return decode_reply(reply, response_type, bus, self.topic)

@@ -2,7 +2,7 @@
 
 Not a mock: it keeps the semantics the network adapters have.
 
-- A topic is a retained log (the last ``retention`` messages, default 100,000), so
+- A topic is a retained log (the last ``retention`` messages, default 10,000), so
   ``replay()`` works; publishing never blocks.
 - A group gets each message once: messages without a key go round-robin over its
   members, messages with a key always to the same member (ordered per key, like a
@@ -114,7 +114,7 @@ class _Topic:
 class MemoryHub:
     """The topics of one ``memory://`` name: shared by every `MemoryBroker` on it."""
 
-    def __init__(self, *, retention: int = 100_000) -> None:
+    def __init__(self, *, retention: int = 10_000) -> None:
         self.retention = retention
         self.topics: dict[str, _Topic] = {}
 
@@ -136,7 +136,7 @@ def hub(name: str = "", *, retention: int | None = None) -> MemoryHub:
     """Return the process-wide hub called ``name`` (``""`` is plain ``memory://``)."""
     found = _hubs.get(name)
     if found is None:
-        found = _hubs[name] = MemoryHub(retention=retention or 100_000)
+        found = _hubs[name] = MemoryHub(retention=retention or 10_000)
     return found
 
 
@@ -260,19 +260,14 @@ class MemoryBroker:
         found = state.groups.get(name)
         if found is None:
             found = state.groups[name] = _Group(name, durable=not anonymous)
-        holder: list[_Member] = []
-
-        async def deliver(message: Message) -> None:
-            try:
-                await handler(message)
-            except Exception as exc:
-                self._redeliver(holder[0].group, message, exc)
-
+        member_group = found
         dispatcher: Dispatcher[Message] = Dispatcher(
-            deliver, concurrency=concurrency, name=f"memory:{topic}:{name}"
+            handler,
+            concurrency=concurrency,
+            name=f"memory:{topic}:{name}",
+            on_error=lambda message, exc: self._redeliver(member_group, message, exc),
         )
         member = _Member(found, dispatcher)
-        holder.append(member)
         dispatcher.start()
         found.join(member)
         sub = MemorySubscription(self, topic, found, member, anonymous)

@@ -28,6 +28,7 @@ __all__ = [
     "Codec",
     "CodecRegistry",
     "Decoder",
+    "Encoder",
     "default_registry",
     "register",
 ]
@@ -36,6 +37,9 @@ T = TypeVar("T")
 
 Decoder = Callable[[bytes], Any]
 """Turns body bytes into a value; resolved once per (content type, target type)."""
+
+Encoder = Callable[[Any], bytes]
+"""Turns a value into body bytes; resolved once per (content type, value type)."""
 
 JSON = "application/json"
 TEXT = "text/plain"
@@ -48,8 +52,9 @@ AVRO = "application/avro"
 class Codec(Protocol):
     """Encodes values to bytes and decodes bytes into a requested type.
 
-    A codec may also offer ``decoder(into) -> Decoder``: the registry then resolves the
-    target type once per subscriber instead of once per message.
+    A codec may also offer ``decoder(into) -> Decoder`` and ``encoder(cls) -> Encoder``:
+    the registry then resolves the type once per subscriber (publisher) instead of once
+    per message.
     """
 
     content_type: str
@@ -184,6 +189,22 @@ class CodecRegistry:
         except DecodeError as exc:
             raise EncodeError(str(exc)) from None
         return content_type, codec.encode(value)
+
+    def encoder(self, value: object, content_type: str | None = None) -> tuple[str, Encoder]:
+        """Return ``(content_type, encode)`` for values of ``type(value)``; cache the result.
+
+        Raises:
+            EncodeError: no codec for the content type.
+        """
+        if content_type is None:
+            content_type = self.content_type_for(value)
+        try:
+            codec = self.get(content_type)
+        except DecodeError as exc:
+            raise EncodeError(str(exc)) from None
+        make = getattr(codec, "encoder", None)
+        encode: Encoder = make(type(value)) if make is not None else codec.encode
+        return content_type, encode
 
     def decoder(self, content_type: str | None, into: Any) -> Decoder:
         """Return a function decoding bodies of ``content_type`` into ``into``.

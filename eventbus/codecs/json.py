@@ -13,11 +13,14 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
 
-from eventbus.codecs import Decoder
+from eventbus.codecs import Decoder, Encoder
 from eventbus.errors import DecodeError, EncodeError
 
 __all__ = ["JsonCodec"]
+
+_ORJSON_NATIVE = frozenset({dict, list, int, float, bool, type(None)})
 
 _PLAIN: dict[type, str] = {dict: "a JSON object", list: "a JSON array"}
 
@@ -65,13 +68,40 @@ class JsonCodec:
             EncodeError: the value has a type JSON cannot represent.
         """
         if isinstance(value, BaseModel):
-            return type(value).__pydantic_serializer__.to_json(value)
+            try:
+                return type(value).__pydantic_serializer__.to_json(value)
+            except PydanticSerializationError as exc:
+                raise EncodeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
         if isinstance(value, bytes | bytearray | memoryview):
             return bytes(value)
         try:
             return orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS)
         except TypeError as exc:
             raise EncodeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
+
+    def encoder(self, cls: type) -> Encoder:
+        """Return an encoder specialised for values of ``cls`` (resolved once per type)."""
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            to_json = cls.__pydantic_serializer__.to_json
+
+            def encode_model(value: Any) -> bytes:
+                try:
+                    return to_json(value)
+                except PydanticSerializationError as exc:
+                    raise EncodeError(f"cannot encode {cls.__name__} as JSON: {exc}") from None
+
+            return encode_model
+        if cls in _ORJSON_NATIVE:
+            dumps = orjson.dumps
+
+            def encode_plain(value: Any) -> bytes:
+                try:
+                    return dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS)
+                except TypeError as exc:
+                    raise EncodeError(f"cannot encode {cls.__name__} as JSON: {exc}") from None
+
+            return encode_plain
+        return self.encode
 
     def decode(self, data: bytes, into: Any = None) -> Any:
         """Decode JSON bytes into ``into`` (a model, dataclass, annotated type, or None)."""
