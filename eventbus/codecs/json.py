@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, get_origin
 
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -36,7 +36,17 @@ def _default(value: Any) -> Any:
 
 
 def _describe(into: Any) -> str:
+    if get_origin(into) is not None:
+        return repr(into).replace("typing.", "")
     return getattr(into, "__name__", None) or repr(into)
+
+
+def _invalid(exc: ValidationError, name: str) -> DecodeError:
+    errors = exc.errors(include_url=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        detail = str(errors[0].get("ctx", {}).get("error", errors[0]["msg"]))
+        return DecodeError(f"malformed JSON: {detail}")
+    return DecodeError(f"body is not a valid {name}: {_validation_text(exc)}")
 
 
 def _validation_text(exc: ValidationError) -> str:
@@ -151,7 +161,7 @@ def _model_decoder(model: type[BaseModel]) -> Decoder:
         try:
             return validate(data)
         except ValidationError as exc:
-            raise DecodeError(f"body is not a valid {name}: {_validation_text(exc)}") from None
+            raise _invalid(exc, name) from None
 
     return decode
 
@@ -163,6 +173,6 @@ def _adapter_decoder(adapter: TypeAdapter[Any], name: str) -> Decoder:
         try:
             return validate(data)
         except ValidationError as exc:
-            raise DecodeError(f"body is not a valid {name}: {_validation_text(exc)}") from None
+            raise _invalid(exc, name) from None
 
     return decode
