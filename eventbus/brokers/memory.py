@@ -187,7 +187,8 @@ class MemoryBroker:
         retains=True, ordered_by_key=True, durable_groups=True
     )
 
-    def __init__(self, url: str = "memory://", *, grace: float = _GRACE) -> None:
+    def __init__(self, url: str = "memory://", *, grace: float = _GRACE, **options: object) -> None:
+        _check_options(options, ())
         parts = urlsplit(url)
         if parts.scheme != "memory":
             raise ConfigurationError(f"MemoryBroker takes memory:// URLs, not {url!r}")
@@ -310,6 +311,7 @@ class MemoryBroker:
 def _check_options(options: dict[str, object], known: tuple[str, ...]) -> None:
     unknown = sorted(set(options) - set(known))
     if unknown:
+        takes = ", ".join(known) if known else "none"
         raise ConfigurationError(
-            f"unknown option(s) {', '.join(unknown)} for memory://; it takes {', '.join(known)}"
+            f"unknown option(s) {', '.join(unknown)} for memory://; it takes: {takes}"
         )

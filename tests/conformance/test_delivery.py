@@ -111,8 +111,9 @@ async def test_graceful_close_loses_no_in_flight_message(make_bus: MakeBus, topi
         second.subscriber(topic, group="drain", concurrency=4)(rest.put)
         async with second:
             await rest.wait_until(
-                lambda: {m.id for m in rest.messages} | set(handled_by_first)
-                >= {m.id for m in sent},
+                lambda: (
+                    {m.id for m in rest.messages} | set(handled_by_first) >= {m.id for m in sent}
+                ),
                 60,
                 "the rest of the 20 messages",
             )

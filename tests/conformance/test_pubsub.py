@@ -138,7 +138,9 @@ async def test_order_is_kept_per_key(make_bus: MakeBus, topic: str) -> None:
             await bus.publish(topic, {"n": i}, key=f"k{i % 4}")
         await inbox.wait_for(200)
     for key in ("k0", "k1", "k2", "k3"):
-        seen = [int(m.body.decode().split(":")[1].rstrip("}")) for m in inbox.messages if m.key == key]
+        seen = [
+            int(m.body.decode().split(":")[1].rstrip("}")) for m in inbox.messages if m.key == key
+        ]
         assert seen == sorted(seen), f"messages with key {key} out of order"
 
 
