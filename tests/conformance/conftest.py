@@ -15,10 +15,21 @@ from eventbus.broker import Broker
 from eventbus.brokers import open_broker
 from tests.conftest import broker_url
 
-BROKERS = ["memory"]
+BROKERS = ["memory", "kafka"]
 """Adapters under test, by name; each resolves to a URL in tests/conftest.py."""
 
-BROKER_OPTIONS: dict[str, dict[str, object]] = {}
+BROKER_OPTIONS: dict[str, dict[str, object]] = {
+    # Groups join in about half the session timeout on Tansu; fetches wait for data only
+    # up to fetch_wait there (Tansu does not end a long poll early when data arrives).
+    "kafka": {
+        "session_timeout": 2.0,
+        "heartbeat_interval": 0.2,
+        "max_poll_interval": 2.0,
+        "fetch_wait": 0.05,
+        "partitions": 4,
+        "commit_interval": 0.2,
+    },
+}
 """Adapter options for tests (e.g. short redelivery timeouts), by broker name."""
 
 

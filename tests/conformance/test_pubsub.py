@@ -113,8 +113,9 @@ async def test_fan_out_reaches_every_subscriber(make_bus: MakeBus, topic: str) -
             await bus1.publish(topic, {"n": i})
         await a.wait_for(20)
         await b.wait_for(20)
-    assert a.bodies == b.bodies
-    assert len(a.bodies) == 20
+    # Order is promised per key only: a partitioned topic (Kafka) interleaves partitions.
+    assert sorted(a.bodies) == sorted(b.bodies)
+    assert len(set(a.bodies)) == 20
 
 
 async def test_group_members_split_without_duplicates(make_bus: MakeBus, topic: str) -> None:

@@ -1,0 +1,203 @@
+"""The producer bridge: librdkafka's delivery reports, brought to the event loop in batches.
+
+``produce()`` only queues a message in librdkafka (it never blocks), so it is called
+on the loop. Delivery reports are served by one thread blocked in ``poll()`` (the GIL
+is released while it waits); each report resolves the publisher's future, and all the
+reports one ``poll()`` served reach the loop in a single ``call_soon_threadsafe``.
+librdkafka batches whatever is queued within ``linger.ms`` per partition, so many
+publishes in flight share produce requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import confluent_kafka
+from confluent_kafka import KafkaError, KafkaException
+
+from eventbus.errors import BrokerError, BrokerUnavailable, ConfigurationError, TopicNotFound
+
+__all__ = ["ProducerBridge", "ProducerFailed", "translate"]
+
+log = logging.getLogger("eventbus.kafka")
+
+_POLL = 0.1
+
+_UNAVAILABLE = {
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._RESOLVE,
+    KafkaError.NETWORK_EXCEPTION,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.BROKER_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
+
+
+class ProducerFailed(Exception):
+    """The librdkafka producer hit a fatal error; it must be replaced (internal)."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(error.str())
+        self.error = error
+
+
+def translate(error: KafkaError, where: str) -> Exception:
+    """Turn a librdkafka error into the eventbus exception a caller can act on."""
+    code = error.code()
+    if error.fatal() or code == KafkaError._FATAL:
+        return ProducerFailed(error)
+    if code in _UNAVAILABLE:
+        return BrokerUnavailable(f"Kafka did not acknowledge {where}: {error.str()}")
+    if code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+        return TopicNotFound(f"{where}: the topic does not exist on the Kafka cluster")
+    if code == KafkaError.MSG_SIZE_TOO_LARGE:
+        return BrokerError(
+            f"{where} is larger than the topic or producer allows ({error.str()}); raise "
+            "max_message_bytes (and the topic's max.message.bytes)"
+        )
+    return BrokerError(f"Kafka refused {where}: {error.str()}")
+
+
+class ProducerBridge:
+    """One librdkafka producer and the thread that serves its delivery reports.
+
+    Args:
+        config: librdkafka producer settings.
+        on_fatal: Called on the loop when the producer hit a fatal error (the broker lost
+            the idempotent producer's state, say); the owner then replaces the bridge.
+
+    Raises:
+        ConfigurationError: librdkafka rejected a setting.
+    """
+
+    def __init__(
+        self, config: Mapping[str, Any], on_fatal: Callable[[ProducerBridge], object]
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._reports: deque[tuple[asyncio.Future[None], KafkaError | None]] = deque()
+        self._scheduled = False
+        self._stopping = False
+        self._space: asyncio.Future[None] | None = None
+        self._on_fatal = on_fatal
+        self.failed = False
+        settings = dict(config)
+        settings["error_cb"] = self._on_error
+        settings.setdefault("logger", log)
+        try:
+            self.producer = confluent_kafka.Producer(settings)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise ConfigurationError(f"bad Kafka producer setting: {exc}") from None
+        self._thread = threading.Thread(
+            target=self._serve, name="eventbus-kafka-producer", daemon=True
+        )
+        self._thread.start()
+
+    def send(
+        self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
+    ) -> asyncio.Future[None]:
+        """Queue one message; the future resolves with its delivery report.
+
+        Raises:
+            BufferError: librdkafka's queue is full; await `wait_for_space` and retry.
+            KafkaException: the producer is unusable (a fatal error).
+        """
+        future: asyncio.Future[None] = self.loop.create_future()
+        reports = self._reports
+        self.producer.produce(
+            topic,
+            value,
+            key,
+            headers=cast(dict[str, str | bytes | None], headers),
+            on_delivery=lambda error, _: reports.append((future, error)),
+        )
+        return future
+
+    def send_and_forget(
+        self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
+    ) -> None:
+        """Queue one message without waiting for its report; failures are logged."""
+        self.producer.produce(
+            topic,
+            value,
+            key,
+            headers=cast(dict[str, str | bytes | None], headers),
+            on_delivery=_log_failure,
+        )
+
+    async def wait_for_space(self) -> None:
+        """Wait until some queued message was delivered (or failed)."""
+        if self._space is None or self._space.done():
+            self._space = self.loop.create_future()
+        await self._space
+
+    def _serve(self) -> None:
+        producer = self.producer
+        reports = self._reports
+        while not self._stopping:
+            try:
+                producer.poll(_POLL)
+            except KafkaException as exc:  # a fatal error surfaces here as well as in error_cb
+                log.debug("kafka producer poll: %s", exc)
+            if reports and not self._scheduled:
+                self._scheduled = True
+                try:
+                    self.loop.call_soon_threadsafe(self._settle)
+                except RuntimeError:  # the loop is closed: nobody is waiting any more
+                    return
+
+    def _settle(self) -> None:
+        # Runs on the loop. Clear the flag first: a report appended from now on either is
+        # drained below or makes the thread schedule another pass.
+        self._scheduled = False
+        reports = self._reports
+        while reports:
+            future, error = reports.popleft()
+            if future.done():  # the publisher was cancelled
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(translate(error, "the publish"))
+        space = self._space
+        if space is not None and not space.done():
+            space.set_result(None)
+
+    def _on_error(self, error: KafkaError) -> None:
+        # librdkafka's error callback, on the poll thread. Most errors are transient
+        # (a broker down: librdkafka reconnects by itself); fatal ones kill the producer.
+        if error.fatal():
+            log.error("kafka producer fatal error: %s; it will be replaced", error.str())
+            if not self.failed:
+                self.failed = True
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody publishes
+                    self.loop.call_soon_threadsafe(self._on_fatal, self)
+        else:
+            log.warning("kafka producer: %s", error.str())
+
+    async def close(self, timeout: float) -> None:
+        """Deliver what is queued (up to ``timeout`` seconds), then stop the poll thread."""
+        await asyncio.to_thread(self.producer.flush, timeout)
+        self._stopping = True
+        await asyncio.to_thread(self._thread.join)
+        if len(self.producer):
+            self.producer.purge()
+            self.producer.poll(0)  # serve the purged messages' reports (non-blocking)
+        self._settle()
+
+
+def _log_failure(error: KafkaError | None, message: object) -> None:
+    if error is not None:
+        log.warning("kafka: a publish that was not awaited failed: %s", error.str())
