@@ -28,6 +28,7 @@ BROKER_OPTIONS: dict[str, dict[str, object]] = {
         "fetch_wait": 0.05,
         "partitions": 4,
         "commit_interval": 0.2,
+        "linger": 0.0,  # the suite awaits publishes one by one
     },
 }
 """Adapter options for tests (e.g. short redelivery timeouts), by broker name."""

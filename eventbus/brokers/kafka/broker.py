@@ -142,6 +142,7 @@ class KafkaBroker:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.close(self.grace)
+        self._admin = None  # librdkafka closes its connections when the client is freed
         if self._retired:
             await asyncio.gather(*self._retired, return_exceptions=True)
 

@@ -88,7 +88,17 @@ def _text(value: str | bytes | None) -> str:
 class _Partition:
     """Loop-side state of one assigned partition: what was taken and what was handled."""
 
-    __slots__ = ("committed", "done", "next", "number", "received", "revoked", "running")
+    __slots__ = (
+        "committed",
+        "cutoff",
+        "done",
+        "highest",
+        "next",
+        "number",
+        "received",
+        "revoked",
+        "running",
+    )
 
     def __init__(self, number: int, start: int | None) -> None:
         self.number = number
@@ -97,7 +107,21 @@ class _Partition:
         self.next = start  # the position when everything received was handled
         self.committed = start
         self.running = 0
+        self.highest = -1  # the highest offset a handler started on
         self.revoked = False
+        self.cutoff = 0  # once revoked: offsets below still get handled, the rest dropped
+
+    def revoke(self) -> None:
+        """Stop taking new work, but fill the gaps below the highest offset started, so
+        the committed position covers everything handled (no re-handling by the next
+        owner)."""
+        self.revoked = True
+        self.cutoff = self.highest + 1
+
+    def is_settled(self) -> bool:
+        """Revoked, nothing running, and every offset below the cutoff handled."""
+        position = self.position()
+        return not self.running and (position is None or position >= self.cutoff)
 
     def position(self) -> int | None:
         """The offset to commit: the first message not handled yet."""
@@ -118,6 +142,14 @@ class _Partition:
 
 
 _Item = tuple[_Partition, int, Message]
+
+
+def _settled(state: _Partition) -> bool:
+    return state.is_settled()
+
+
+def _stopped(state: _Partition) -> bool:
+    return not state.running
 
 
 class _Lanes:
@@ -186,12 +218,14 @@ class _Lanes:
                     self._waiting[lane] = None
                     self._idle.discard(lane)
                 continue
-            state = item[0]
-            if state.revoked:
+            state, offset, _ = item
+            if state.revoked and offset >= state.cutoff:
                 sub.outstanding -= 1
                 continue
             self._current[lane] = item
             state.running += 1
+            if offset > state.highest:
+                state.highest = offset
             try:
                 await self._handle(item)
             except asyncio.CancelledError:
@@ -205,7 +239,7 @@ class _Lanes:
                 state.running -= 1
                 self._current[lane] = None
                 sub.outstanding -= 1
-                if state.revoked and not state.running:
+                if state.revoked:
                     sub.wake_revoke()
 
     async def _handle(self, item: _Item) -> None:
@@ -218,6 +252,7 @@ class _Lanes:
             except Exception as exc:
                 attempt += 1
                 if state.revoked or self.stopping:
+                    state.cutoff = min(state.cutoff, offset)  # the position stops here
                     log.warning(
                         "kafka: handler failed on %s[%d]@%d while its partition was given up: "
                         "%s: %s; the next owner gets it",
@@ -242,6 +277,7 @@ class _Lanes:
                 message = replace(message, delivery=replace(delivery, redelivered=attempt))
                 await asyncio.sleep(min(0.01 * 2**attempt, 1.0))
                 if state.revoked or self.stopping:
+                    state.cutoff = min(state.cutoff, offset)
                     return
                 continue
             state.finish(offset)
@@ -282,9 +318,12 @@ class KafkaSubscription:
     """A live subscription: a group member (or a fan-out reader, or an inbox) on one topic.
 
     Offsets are committed only for handled messages (the contiguous handled prefix per
-    partition). On a revoke the partition's queued messages are dropped, its running
-    handlers finish (up to ``grace`` and the rebalance timeout) and its position is
-    committed before the partition is given up. `close` does the same for everything.
+    partition). On a revoke, the partition's queued messages below the highest one
+    already started are still handled (so the committed position covers everything
+    handled and the next owner re-handles nothing), the rest are dropped, and the
+    position is committed before the partition is given up; all within ``grace`` and
+    the rebalance timeout, after which running handlers are cancelled. `close` lets
+    running handlers finish (up to ``grace``) and commits the handled prefix.
     """
 
     def __init__(
@@ -448,10 +487,12 @@ class KafkaSubscription:
     async def _revoke(self, numbers: list[int]) -> dict[int, int]:
         states = [s for n in numbers if (s := self._partitions.pop(n, None)) is not None]
         for state in states:
-            state.revoked = True
-        if any(s.running for s in states):
+            state.revoke()
+        if not all(s.is_settled() for s in states):
             wait = min(self._grace, self._options.revoke_timeout)
-            if not await self._wait_idle(states, wait):
+            if not await self._wait_idle(states, wait, _settled):
+                for state in states:
+                    state.cutoff = 0  # take nothing more of these partitions
                 cancelled = self._lanes.abandon(states)
                 log.warning(
                     "kafka: %d handler(s) on %r still ran %gs after their partitions were "
@@ -460,13 +501,15 @@ class KafkaSubscription:
                     self.topic,
                     wait,
                 )
-                await self._wait_idle(states, 5.0)
+                await self._wait_idle(states, 5.0, _stopped)
         return {s.number: p for s in states if (p := s.position()) is not None}
 
-    async def _wait_idle(self, states: list[_Partition], timeout: float) -> bool:
+    async def _wait_idle(
+        self, states: list[_Partition], timeout: float, done: Callable[[_Partition], bool]
+    ) -> bool:
         try:
             async with asyncio.timeout(timeout):
-                while any(s.running for s in states):
+                while not all(done(s) for s in states):
                     self._revoke_idle.clear()
                     await self._revoke_idle.wait()
         except TimeoutError:

@@ -51,9 +51,11 @@ def bootstrap_servers(url: str) -> str:
     return ",".join(hosts) or f"localhost:{DEFAULT_PORT}"
 
 
-def _seconds(name: str, value: object, *, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= minimum:
-        raise ConfigurationError(f"{name} must be a number of seconds > {minimum:g}, not {value!r}")
+def _seconds(name: str, value: object, *, zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
+    if value == 0 and not zero:
+        raise ConfigurationError(f"{name} must be more than 0 seconds")
     return float(value)
 
 
@@ -79,7 +81,7 @@ class KafkaOptions:
         publish_timeout: Seconds a publish may wait for the broker's acknowledgement
             (librdkafka ``message.timeout.ms``) before it raises `BrokerUnavailable`.
         timeout: Seconds for connecting, creating topics and joining a group.
-        linger: Seconds the producer waits to fill a batch (``linger.ms``).
+        linger: Seconds the producer waits to fill a batch (``linger.ms``; 0 sends at once).
         fetch_wait: Longest a fetch waits on the broker for data (``fetch.wait.max.ms``).
         session_timeout: Group session timeout (``session.timeout.ms``).
         heartbeat_interval: Group heartbeat interval (``heartbeat.interval.ms``).
@@ -151,7 +153,7 @@ class KafkaOptions:
                     raise ConfigurationError(f"client_id must be a non-empty str, not {value!r}")
                 values[name] = value
             else:
-                values[name] = _seconds(name, value)
+                values[name] = _seconds(name, value, zero=name == "linger")
         built = cls(**values)
         if built.heartbeat_interval >= built.session_timeout:
             raise ConfigurationError(
