@@ -143,7 +143,8 @@ async def test_plain_producer_to_eventbus(url: str, topic: str) -> None:
     assert msg.headers == {"x-app": "plain"}
     assert msg.content_type is None
     assert abs(msg.time.timestamp() - before) < 60  # the record's timestamp
-    assert msg.delivery is not None and msg.delivery.offset is not None
+    assert msg.delivery is not None
+    assert msg.delivery.offset is not None
     payload, msg = by_key[None]
     assert payload == b"\x00raw"
 
