@@ -188,6 +188,7 @@ class KafkaBroker:
                     producer.send_and_forget(*args)
                     return
                 await producer.send(*args)
+                producer.timeouts = 0
                 return
             except BufferError:  # librdkafka's queue is full: wait for deliveries
                 await producer.wait_for_space()
@@ -199,15 +200,52 @@ class KafkaBroker:
                     raise _translate_publish(exc, topic) from exc
                 fresh = True
                 producer = self._replace_producer(producer)
-            except TopicNotFound:
-                if topic.startswith(INBOX_PREFIX):
-                    self._topics.discard(topic)
+            except (TopicNotFound, BrokerUnavailable) as exc:
+                # Check the topic again next time: it may be gone (a reply topic that
+                # was deleted, a broker that lost its data in a restart).
+                self._topics.discard(topic)
+                if isinstance(exc, BrokerUnavailable):
+                    self._suspect(producer)
+                if isinstance(exc, TopicNotFound) and topic.startswith(INBOX_PREFIX):
                     raise UndeliverableError(
                         f"nobody listens on reply topic {topic!r} any more"
                     ) from None
                 raise
             if self._closed:
                 raise ClosedError(f"cannot publish to {topic!r}: the broker is closed")
+
+    def _suspect(self, producer: ProducerBridge) -> None:
+        """Count a publish that timed out; after a few in a row, check the producer.
+
+        An idempotent producer whose message timed out must bump its epoch before it can
+        go on; a broker that cannot (Tansu after a restart) leaves it failing forever.
+        If the cluster answers while the producer keeps timing out, replace it.
+        """
+        producer.timeouts += 1
+        if producer.timeouts < 3 or producer.checking or self._closed:
+            return
+        producer.checking = True
+        task = asyncio.ensure_future(self._check_producer(producer))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def _check_producer(self, producer: ProducerBridge) -> None:
+        admin = self._admin
+        try:
+            if admin is None:
+                return
+            await asyncio.to_thread(admin.list_topics, timeout=self.options.timeout)
+        except KafkaException:
+            return  # the cluster is down: the producer is not to blame
+        finally:
+            producer.checking = False
+        if producer.timeouts >= 3 and self._producer is producer:
+            log.warning(
+                "kafka: the producer got no acknowledgement for %d publishes in a row while "
+                "the cluster answers; replacing it",
+                producer.timeouts,
+            )
+            self._replace_producer(producer)
 
     def _replace_producer(self, failed: ProducerBridge) -> ProducerBridge:
         """Swap a producer that hit a fatal error for a new one (on the loop)."""

@@ -645,7 +645,8 @@ class KafkaSubscription:
         """Where to start each partition: committed, else where we were, else the end.
 
         A new group starts at the end, and that position is committed at once so the
-        group keeps it even if every member leaves before a message arrives.
+        group keeps it even if every member leaves before a message arrives. A group
+        whose commit vanished re-reads the partition (at-least-once after data loss).
         """
         topic = self.topic
         timeout = self._options.timeout
@@ -655,6 +656,18 @@ class KafkaSubscription:
         for tp in committed:
             if self._commits and tp.offset >= 0:
                 starts.append(TopicPartition(topic, tp.partition, tp.offset))
+            elif tp.partition in self._local and self._commits:
+                # This group had committed here (at the latest when it got the partition)
+                # and the commit is gone: the cluster lost data (a broker restarted empty).
+                # Offsets start over, so the old position means nothing: read it all.
+                log.warning(
+                    "kafka: group %r lost its committed offset on %s[%d] (did the cluster "
+                    "lose data?); reading that partition from its earliest offset",
+                    self.group_id,
+                    topic,
+                    tp.partition,
+                )
+                starts.append(TopicPartition(topic, tp.partition, OFFSET_BEGINNING))
             elif tp.partition in self._local:
                 starts.append(TopicPartition(topic, tp.partition, self._local[tp.partition]))
             else:

@@ -54,10 +54,20 @@ class ProducerFailed(Exception):
         self.error = error
 
 
+# The idempotent producer's state is gone on the broker (it restarted and lost it):
+# librdkafka cannot continue without risking duplicates, the producer must be replaced.
+_PRODUCER_STATE_LOST = {
+    KafkaError._FATAL,
+    KafkaError.UNKNOWN_PRODUCER_ID,
+    KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+    KafkaError.INVALID_PRODUCER_EPOCH,
+}
+
+
 def translate(error: KafkaError, where: str) -> Exception:
     """Turn a librdkafka error into the eventbus exception a caller can act on."""
     code = error.code()
-    if error.fatal() or code == KafkaError._FATAL:
+    if error.fatal() or code in _PRODUCER_STATE_LOST:
         return ProducerFailed(error)
     if code in _UNAVAILABLE:
         return BrokerUnavailable(f"Kafka did not acknowledge {where}: {error.str()}")
@@ -91,8 +101,14 @@ class ProducerBridge:
         self._scheduled = False
         self._stopping = False
         self._space: asyncio.Future[None] | None = None
+        # Futures without a report yet: failed together if the producer dies, so no
+        # publisher waits forever on a report librdkafka will never send.
+        self._pending: set[asyncio.Future[None]] = set()
         self._on_fatal = on_fatal
         self.failed = False
+        self.timeouts = 0
+        """Publishes in a row that got no acknowledgement (the owner's watchdog)."""
+        self.checking = False
         settings = dict(config)
         settings["error_cb"] = self._on_error
         settings.setdefault("logger", log)
@@ -116,6 +132,7 @@ class ProducerBridge:
         """
         future: asyncio.Future[None] = self.loop.create_future()
         reports = self._reports
+        self._pending.add(future)
         self.producer.produce(
             topic,
             value,
@@ -149,8 +166,8 @@ class ProducerBridge:
         while not self._stopping:
             try:
                 producer.poll(_POLL)
-            except KafkaException as exc:  # a fatal error surfaces here as well as in error_cb
-                log.debug("kafka producer poll: %s", exc)
+            except Exception as exc:  # a fatal error surfaces here as well as in error_cb
+                log.debug("kafka producer poll: %r", exc)
             if reports and not self._scheduled:
                 self._scheduled = True
                 try:
@@ -163,12 +180,16 @@ class ProducerBridge:
         # drained below or makes the thread schedule another pass.
         self._scheduled = False
         reports = self._reports
+        pending = self._pending
         while reports:
             future, error = reports.popleft()
+            pending.discard(future)
             if future.done():  # the publisher was cancelled
                 continue
             if error is None:
                 future.set_result(None)
+            elif self.failed:  # purged by a fatal error: the message was not written
+                future.set_exception(ProducerFailed(error))
             else:
                 future.set_exception(translate(error, "the publish"))
         space = self._space
@@ -194,8 +215,17 @@ class ProducerBridge:
         await asyncio.to_thread(self._thread.join)
         if len(self.producer):
             self.producer.purge()
-            self.producer.poll(0)  # serve the purged messages' reports (non-blocking)
+            with contextlib.suppress(Exception):  # a fatal error is raised again here
+                self.producer.poll(0)  # serve the purged messages' reports (non-blocking)
         self._settle()
+        self.fail_pending()
+
+    def fail_pending(self) -> None:
+        """Fail every publish still waiting for a report (the producer is gone)."""
+        pending, self._pending = self._pending, set()
+        for future in pending:
+            if not future.done():
+                future.set_exception(ProducerFailed(KafkaError(KafkaError._FATAL)))
 
 
 def _log_failure(error: KafkaError | None, message: object) -> None:
