@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import TextIO
 
 from eventbus import Message
 from eventbus.brokers.kafka import KafkaBroker
@@ -24,21 +25,21 @@ FAST_GROUPS = {
 }
 
 
-async def main(url: str, topic: str, group: str, path: str, delay: float) -> None:
+async def main(url: str, topic: str, group: str, log: TextIO, delay: float) -> None:
     broker = KafkaBroker(url, **FAST_GROUPS)  # type: ignore[arg-type]
     await broker.connect()
-    with open(path, "a", buffering=1) as log:
 
-        async def handle(message: Message) -> None:
-            log.write(f"start {message.body.decode()}\n")
-            await asyncio.sleep(delay)
-            log.write(f"done {message.body.decode()}\n")
+    async def handle(message: Message) -> None:
+        log.write(f"start {message.body.decode()}\n")
+        await asyncio.sleep(delay)
+        log.write(f"done {message.body.decode()}\n")
 
-        await broker.subscribe(topic, handle, group=group, concurrency=2)
-        log.write("ready\n")
-        await asyncio.Event().wait()
+    await broker.subscribe(topic, handle, group=group, concurrency=2)
+    log.write("ready\n")
+    await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
     url, topic, group, path, delay = sys.argv[1:6]
-    asyncio.run(main(url, topic, group, path, float(delay)))
+    with open(path, "a", buffering=1) as out:  # line-buffered: each line lands at once
+        asyncio.run(main(url, topic, group, out, float(delay)))
