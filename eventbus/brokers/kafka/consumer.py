@@ -52,6 +52,7 @@ Command = Callable[[confluent_kafka.Consumer], object]
 
 _POLL = 0.1  # how long the thread waits for messages; also the latency of queued commands
 _POLL_PAUSED = 0.005  # while paused for flow control, look again soon
+_ROOM_WAIT = 0.5  # longest the thread waits for handlers to catch up before polling again
 _BATCH = 500
 
 
@@ -220,7 +221,7 @@ class _Lanes:
                 continue
             state, offset, _ = item
             if state.revoked and offset >= state.cutoff:
-                sub.outstanding -= 1
+                sub.release()
                 continue
             self._current[lane] = item
             state.running += 1
@@ -238,7 +239,7 @@ class _Lanes:
             finally:
                 state.running -= 1
                 self._current[lane] = None
-                sub.outstanding -= 1
+                sub.release()
                 if state.revoked:
                     sub.wake_revoke()
 
@@ -361,6 +362,9 @@ class KafkaSubscription:
         self._stop_thread = False
         self._thread_closing = False
         self._paused = False
+        self._low = options.max_buffered // 2
+        self._room = threading.Event()  # set by the loop when handlers caught up
+        self._wants_room = False
         self._closed = False
         self._commit_timer: asyncio.TimerHandle | None = None
         self._revoke_idle = asyncio.Event()
@@ -436,6 +440,13 @@ class KafkaSubscription:
                 log.warning("kafka: the consumer of %r did not stop in time", self.topic)
         if self._on_closed is not None:
             self._on_closed(self)
+
+    def release(self) -> None:
+        """A message was handled or dropped: wake the thread if it waits for room."""
+        self.outstanding -= 1
+        if self._wants_room and self.outstanding <= self._low:
+            self._wants_room = False
+            self._room.set()
 
     def handled(self) -> None:
         """A handler finished: make sure a commit is coming."""
@@ -569,7 +580,7 @@ class KafkaSubscription:
     def _poll(self, consumer: confluent_kafka.Consumer) -> None:
         commands = self._commands
         high = self._options.max_buffered
-        low = high // 2
+        low = self._low
         topic = self.topic
         while not self._stop_thread:
             while commands:
@@ -581,9 +592,19 @@ class KafkaSubscription:
                 if self.outstanding <= low:
                     consumer.resume(consumer.assignment())
                     self._paused = False
-            elif self.outstanding >= high:
+            elif self.outstanding >= 2 * high:
+                # Handlers are far behind: stop fetching (librdkafka drops what it had
+                # prefetched and fetches it again on resume).
                 consumer.pause(consumer.assignment())
                 self._paused = True
+            elif self.outstanding >= high:
+                # Let the handlers catch up, keeping librdkafka's prefetched messages;
+                # poll again after a while anyway (rebalances, max.poll.interval.ms).
+                self._room.clear()
+                self._wants_room = True
+                if self.outstanding >= high:
+                    self._room.wait(_ROOM_WAIT)
+                self._wants_room = False
             first = consumer.poll(_POLL_PAUSED if self._paused else _POLL)
             if first is None:
                 continue

@@ -87,7 +87,8 @@ class KafkaOptions:
         heartbeat_interval: Group heartbeat interval (``heartbeat.interval.ms``).
         max_poll_interval: Rebalance timeout (``max.poll.interval.ms``).
         commit_interval: Seconds between commits of handled offsets.
-        max_buffered: Messages one subscription holds in memory before fetching pauses.
+        max_buffered: Messages one subscription holds in memory before it waits for its
+            handlers (at twice that, fetching pauses).
         assignment: Partition assignment strategy (``cooperative-sticky`` by default).
         inbox_retention: Seconds a reply topic keeps its messages.
         max_message_bytes: Largest message (producer ``message.max.bytes`` and the
