@@ -16,7 +16,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
@@ -137,7 +137,7 @@ class ProducerBridge:
             topic,
             value,
             key,
-            headers=cast(dict[str, str | bytes | None], headers),
+            headers=headers,  # type: ignore[arg-type]  # dict[str, str] is fine at run time
             on_delivery=lambda error, _: reports.append((future, error)),
         )
         return future
@@ -150,7 +150,7 @@ class ProducerBridge:
             topic,
             value,
             key,
-            headers=cast(dict[str, str | bytes | None], headers),
+            headers=headers,  # type: ignore[arg-type]  # dict[str, str] is fine at run time
             on_delivery=_log_failure,
         )
 
