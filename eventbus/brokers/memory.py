@@ -93,13 +93,15 @@ class _Group:
         member.offer(message)
 
     def join(self, member: _Member) -> None:
-        self.members.append(member)
+        # `members` (and `_Topic.groups`) are replaced, never changed in place: a publish
+        # on another thread (buses on several loops share a hub) may be iterating them.
+        self.members = [*self.members, member]
         while self.backlog:
             self.offer(self.backlog.popleft())
 
     def leave(self, member: _Member) -> None:
         if member in self.members:
-            self.members.remove(member)
+            self.members = [m for m in self.members if m is not member]
 
 
 class _Topic:
@@ -164,7 +166,8 @@ class MemorySubscription:
         topic = self._broker.hub.topics.get(self.topic)
         if self._anonymous:
             if topic is not None:
-                topic.groups.pop(self._group.name, None)
+                gone = self._group.name
+                topic.groups = {n: g for n, g in topic.groups.items() if n != gone}
         else:
             for message in left:
                 self._group.offer(message)
@@ -260,7 +263,8 @@ class MemoryBroker:
         name = group if group is not None else f"_fanout.{new_id()}"
         found = state.groups.get(name)
         if found is None:
-            found = state.groups[name] = _Group(name, durable=not anonymous)
+            found = _Group(name, durable=not anonymous)
+            state.groups = {**state.groups, name: found}
         member_group = found
         dispatcher: Dispatcher[Message] = Dispatcher(
             handler,
