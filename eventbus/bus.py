@@ -261,7 +261,8 @@ class EventBus:
             since: Only messages from this time on (timezone-aware).
 
         Raises:
-            ReplayNotSupported: the broker (or this topic) keeps no messages.
+            ReplayNotSupported: the broker (or this topic) keeps no messages; the
+                adapter says which option would make it keep them.
             TopicNotFound: the topic does not exist on the broker.
             ConfigurationError: ``since`` has no timezone.
 
@@ -274,21 +275,19 @@ class EventBus:
                 f"replay since={since.isoformat()} has no timezone; "
                 "pass an aware datetime such as datetime.now(UTC) - timedelta(hours=1)"
             )
-        broker = self.broker
-        if not broker.capabilities.retains:
-            raise ReplayNotSupported(
-                f"{type(broker).__name__} keeps no messages, so {topic!r} "
-                "cannot be replayed; record live traffic instead (`eventbus tail TOPIC "
-                "--json > FILE`) or use a broker that retains"
-            )
         if not self.is_running:
             await self.start()
-        messages = broker.replay(topic, since=since)
+        messages: AsyncIterator[Message] | None = None
         try:
+            messages = self.broker.replay(topic, since=since)
             async for message in messages:
                 yield message
+        except ReplayNotSupported as exc:
+            raise ReplayNotSupported(
+                f"{exc}; or record live traffic instead: eventbus tail {topic} --json > FILE"
+            ) from exc
         finally:
-            close = getattr(messages, "aclose", None)
+            close = getattr(messages, "aclose", None)  # None when replay() itself raised
             if close is not None:  # the caller stopped early: release the broker's cursor
                 await close()
 

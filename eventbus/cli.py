@@ -158,6 +158,16 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
         command.add_argument(
             "--url", default=None, help="broker URL (default $EVENTBUS_URL, else memory://)"
         )
+        command.add_argument(
+            "-o",
+            "--option",
+            action="append",
+            type=_option,
+            default=[],
+            metavar="NAME=VALUE",
+            help="broker adapter option, e.g. -o streams=true for RabbitMQ "
+            "(VALUE is read as JSON when it parses, else as text)",
+        )
         return command
 
     tail = with_url(commands.add_parser("tail", help="print a topic's messages as they arrive"))
@@ -239,6 +249,27 @@ def _positive(text: str) -> int:
     return value
 
 
+def _option(text: str) -> tuple[str, object]:
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"an option is NAME=VALUE, not {text!r}")
+    try:
+        value: object = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = raw
+    return name, value
+
+
+def _bus(args: argparse.Namespace) -> EventBus:
+    """The bus of an operator command: ``--url`` with the ``--option`` adapter options."""
+    bus = EventBus(args.url)
+    if args.option:
+        from eventbus.brokers import open_broker
+
+        bus.use_broker(open_broker(bus.url, grace=bus.shutdown_timeout, **dict(args.option)))
+    return bus
+
+
 def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -296,7 +327,7 @@ async def _tail(args: argparse.Namespace) -> int:
         if args.count is not None and seen >= args.count:
             done.set()
 
-    bus = EventBus(args.url)
+    bus = _bus(args)
     async with bus:
         # Straight on the broker, without the handler pipeline: a tail never retries,
         # dead-letters or joins a group; it sees what is published from now on.
@@ -332,7 +363,7 @@ async def _replay_to(args: argparse.Namespace, file: IO[str] | None) -> int:
     progress = Progress(args.progress)
     show = format_line if args.json else describe
     try:
-        async with EventBus(args.url) as bus:
+        async with _bus(args) as bus:
             async for message in bus.replay(args.topic, since=args.since):
                 if file is None:
                     _write(show(message))
@@ -368,7 +399,7 @@ async def _publish(args: argparse.Namespace) -> int:
                 f"the body is not valid JSON ({exc}); quote it for the shell "
                 "('{\"id\": 1}'), or pass --content-type text/plain to send text"
             ) from None
-    async with EventBus(args.url) as bus:
+    async with _bus(args) as bus:
         # Straight to the broker: the body goes out byte for byte, whatever its type.
         message = Message(
             args.topic,
@@ -395,7 +426,9 @@ def _redeliver(args: argparse.Namespace) -> int:
     if args.url:
         from eventbus.brokers import open_broker
 
-        bus.use_broker(open_broker(args.url, grace=bus.shutdown_timeout))
+        bus.use_broker(open_broker(args.url, grace=bus.shutdown_timeout, **dict(args.option)))
+    elif args.option:
+        raise ConfigurationError("--option applies to the broker given with --url; add --url")
 
     async def run() -> list[Redelivery]:
         async with bus:

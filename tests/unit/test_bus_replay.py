@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import ClassVar
 
@@ -11,6 +12,7 @@ from eventbus import (
     Capabilities,
     ConfigurationError,
     EventBus,
+    Message,
     ReplayNotSupported,
     TopicNotFound,
 )
@@ -19,12 +21,17 @@ from eventbus.message import new_id
 
 
 class ForgetfulBroker(MemoryBroker):
-    """The memory broker declared as keeping nothing, as a non-retaining adapter does."""
+    """The memory broker keeping nothing, as a non-retaining adapter does."""
 
     capabilities: ClassVar[Capabilities] = Capabilities(retains=False, ordered_by_key=False)
 
+    def replay(self, topic: str, *, since: datetime | None = None) -> AsyncIterator[Message]:
+        raise ReplayNotSupported(
+            f"ForgetfulBroker keeps no messages, so {topic!r} cannot be replayed"
+        )
 
-async def test_a_broker_that_keeps_nothing_says_so() -> None:
+
+async def test_a_broker_that_keeps_nothing_says_so_and_how_to_record_instead() -> None:
     bus = EventBus(broker=ForgetfulBroker(f"memory://{new_id()}"))
     async with bus:
         await bus.publish("orders", {"id": 1})
@@ -33,7 +40,7 @@ async def test_a_broker_that_keeps_nothing_says_so() -> None:
                 pass
     text = str(caught.value)
     assert "ForgetfulBroker keeps no messages, so 'orders' cannot be replayed" in text
-    assert "eventbus tail TOPIC --json" in text
+    assert "record live traffic instead: eventbus tail orders --json > FILE" in text
     assert isinstance(caught.value, NotImplementedError)
 
 
