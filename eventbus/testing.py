@@ -76,8 +76,14 @@ class _RecordingBroker:
         await self._inner.close()
 
     async def publish(self, message: Message, **options: object) -> None:
-        await self._inner.publish(message, **options)
+        # Kept first: the memory broker may let handlers run (and publish) before it
+        # returns, and `messages` is in publish order.
         self._sink.append(message)
+        try:
+            await self._inner.publish(message, **options)
+        except BaseException:
+            self._sink.remove(message)
+            raise
 
     async def subscribe(
         self, topic: str, handler: Handler, *, group: str | None = None, **options: object

@@ -36,7 +36,7 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 def cli(url: str, broker_name: str, topic: str) -> Run:
     """Run ``eventbus ARGS --url URL -o ...`` as a process on the broker under test."""
     if broker_name == "memory":
-        pytest.skip("memory:// lives in one process; tests/unit/test_cli_operator.py runs it in-process")
+        pytest.skip("memory:// lives in one process; test_cli_operator.py runs it in-process")
 
     def run(*args: str, on: list[str] | None = None) -> subprocess.CompletedProcess[str]:
         where = on if on is not None else ["--url", url, *options(broker_name)]
