@@ -295,3 +295,27 @@ def test_passwords_are_not_printed(topic: str, capsys: pytest.CaptureFixture[str
 
     assert redact("amqp://guest:secret@127.0.0.1:5672/") == "amqp://guest:***@127.0.0.1:5672/"
     assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_adapter_options_reach_the_broker(
+    url: str, topic: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["publish", topic, "{}", "--url", url, "-o", "flavour=1"]) == 2
+    assert "unknown option(s) flavour for memory://" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["replay", topic, "--url", url, "-o", "no-equals"])
+    assert "an option is NAME=VALUE" in capsys.readouterr().err
+
+
+def test_redeliver_of_a_missing_file_or_app_is_a_clear_error(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.jsonl"
+    assert main(["redeliver", str(missing), "--app", "tests.cli_app:make_bus"]) == 2
+    assert f"No such file or directory: '{missing}'" in capsys.readouterr().err
+    save(missing, [])
+    assert main(["redeliver", str(missing), "--app", "tests.no_such_app:bus", "--url", url]) == 2
+    assert "cannot import 'tests.no_such_app'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["redeliver", str(missing)])
+    assert "--app" in capsys.readouterr().err
