@@ -298,6 +298,27 @@ async def test_rebalance_loses_nothing_and_handles_nothing_twice(url: str, topic
     assert inbox.by_member["b"], "the second member should take over some partitions"
 
 
+async def test_durable_false_publishes_without_waiting_and_subscribes_without_commits(
+    url: str, broker: KafkaBroker, topic: str
+) -> None:
+    group = f"volatile-{uuid.uuid4().hex[:8]}"
+    inbox = Inbox()
+    await broker.subscribe(topic, inbox.put, group=group, durable=False)
+    await broker.publish(Message(topic, b"fire and forget"), durable=False)
+    (got,) = await inbox.wait_for(1)
+    assert got.body == b"fire and forget"
+    await asyncio.sleep(OPTIONS["commit_interval"] * 3)  # type: ignore[operator]
+    consumer = Consumer({**plain_config(url), "group.id": group})
+    try:
+        parts = await broker.partitions(topic)
+        committed = await asyncio.to_thread(
+            consumer.committed, [TopicPartition(topic, p) for p in parts], 10
+        )
+    finally:
+        consumer.close()
+    assert all(tp.offset < 0 for tp in committed), "durable=False commits nothing"
+
+
 # -- request/reply inboxes, replay, errors ------------------------------------------------------
 
 

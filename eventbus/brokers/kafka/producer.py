@@ -21,7 +21,13 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
-from eventbus.errors import BrokerError, BrokerUnavailable, ConfigurationError, TopicNotFound
+from eventbus.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ClosedError,
+    ConfigurationError,
+    TopicNotFound,
+)
 
 __all__ = ["ProducerBridge", "ProducerFailed", "translate"]
 
@@ -69,6 +75,10 @@ def translate(error: KafkaError, where: str) -> Exception:
     code = error.code()
     if error.fatal() or code in _PRODUCER_STATE_LOST:
         return ProducerFailed(error)
+    if code in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
+        return ClosedError(
+            f"{where} was dropped: the broker was closed before Kafka acknowledged it"
+        )
     if code in _UNAVAILABLE:
         return BrokerUnavailable(f"Kafka did not acknowledge {where}: {error.str()}")
     if code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
