@@ -104,9 +104,13 @@ class TansuServer:
             self.process.wait(10)
 
     def stop(self) -> None:
-        """Terminate the broker (SIGTERM, then SIGKILL after 2 s). Safe to call twice."""
+        """Terminate the broker (SIGTERM, then SIGKILL after 2 s) and remove its log.
+
+        Safe to call twice.
+        """
         process = self.process
         if process is None or process.poll() is not None:
+            self._remove_log()
             return
         process.terminate()
         try:
@@ -114,3 +118,8 @@ class TansuServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+        self._remove_log()
+
+    def _remove_log(self) -> None:
+        self._log.close()
+        Path(self._log.name).unlink(missing_ok=True)
