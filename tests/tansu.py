@@ -89,8 +89,10 @@ class TansuServer:
                     return
             except OSError:
                 time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"tansu did not listen on port {self.port} in {timeout:g}s")
+        self.kill()
+        raise RuntimeError(
+            f"tansu did not listen on port {self.port} in {timeout:g}s; see {self.log}"
+        )
 
     @property
     def log(self) -> str:
