@@ -20,7 +20,7 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from eventbus.brokers.kafka.consumer import decode
+from eventbus.brokers.kafka.lanes import decode
 from eventbus.errors import BrokerUnavailable
 from eventbus.message import Message
 
