@@ -248,13 +248,14 @@ class KafkaBroker:
             self._replace_producer(producer)
 
     def _replace_producer(self, failed: ProducerBridge) -> ProducerBridge:
-        """Swap a producer that hit a fatal error for a new one (on the loop)."""
+        """Swap a producer that failed (or is stuck) for a new one (on the loop)."""
         current = self._producer
         if current is not failed or self._closed:
             return current or failed
         self._producer = ProducerBridge(
             self.options.producer(self.bootstrap), self._replace_producer
         )
+        failed.failed = True  # what it still holds fails with ProducerFailed: retried once
         task = asyncio.ensure_future(failed.close(0.0))
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
