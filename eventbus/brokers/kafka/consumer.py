@@ -84,8 +84,10 @@ class KafkaSubscription:
         self.topic = topic
         self.group = group
         self.group_id = group_id
-        self.outstanding = 0
-        """Messages taken from Kafka and not yet handled or dropped (read by the thread)."""
+        # Messages posted by the thread (counted there, before the loop sees them) and
+        # released by the loop (handled or dropped): each counter has a single writer.
+        self._posted = 0
+        self._released = 0
         self._commits = commits
         self._options = options
         self._bootstrap = bootstrap
@@ -183,8 +185,8 @@ class KafkaSubscription:
 
     def release(self) -> None:
         """A message was handled or dropped: wake the thread if it waits for room."""
-        self.outstanding -= 1
-        if self._wants_room and self.outstanding <= self._low:
+        self._released += 1
+        if self._wants_room and self._posted - self._released <= self._low:
             self._wants_room = False
             self._room.set()
 
@@ -209,20 +211,24 @@ class KafkaSubscription:
                 lambda consumer: consumer.commit(offsets=offsets, asynchronous=True)
             )
 
+    @property
+    def outstanding(self) -> int:
+        """Messages taken from Kafka and not yet handled or dropped."""
+        return self._posted - self._released
+
     def _receive(self, items: list[tuple[int, int, Message]]) -> None:
         if self._closed:
+            self._released += len(items)
             return
         partitions = self._partitions
         put = self._lanes.put
-        taken = 0
         for number, offset, message in items:
             state = partitions.get(number)
             if state is None:  # not ours any more
+                self._released += 1
                 continue
             state.received.append(offset)
             put((state, offset, message), message.key)
-            taken += 1
-        self.outstanding += taken
 
     def _assigned(self, starts: dict[int, int]) -> None:
         for number, start in starts.items():
@@ -357,8 +363,10 @@ class KafkaSubscription:
                     items.append((raw.partition(), raw.offset(), decode(topic, raw)))
                 elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("kafka: consumer of %r: %s", topic, error.str())
-            if items and not self._call(self._receive, items):
-                return
+            if items:
+                self._posted += len(items)
+                if not self._call(self._receive, items):
+                    return
 
     def _assign_all(self, consumer: confluent_kafka.Consumer) -> None:
         metadata = consumer.list_topics(self.topic, timeout=self._options.timeout)
