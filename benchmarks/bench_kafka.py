@@ -300,12 +300,14 @@ async def faststream_end_to_end(bootstrap: str, n: int) -> float:
     broker = faststream_broker(bootstrap)
     handled = 0
     done = asyncio.Event()
+    assigned = threading.Event()  # start timing once the group has its partitions
 
     @broker.subscriber(  # type: ignore[misc]
         topic,
         group_id=f"fs-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="earliest",
         fetch_max_wait_ms=FETCH_WAIT_MS,
+        on_assign=lambda consumer, partitions: assigned.set(),
     )
     async def on_reading(reading: dict[str, Any]) -> None:
         nonlocal handled
@@ -315,6 +317,7 @@ async def faststream_end_to_end(bootstrap: str, n: int) -> float:
 
     await broker.start()
     try:
+        await asyncio.to_thread(assigned.wait, 120)
 
         async def run() -> None:
             await concurrent_rate(lambda i: broker.publish(payload(i), topic), n, PUBLISHERS)
