@@ -16,23 +16,23 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from eventbus.codecs import Encoder
+from eventbus.codecs import Decoder, Encoder
 from eventbus.errors import (
     ConfigurationError,
+    RemoteError,
     RequestTimeout,
     ServiceNotFound,
     UndeliverableError,
 )
-from eventbus.message import DEADLINE, TRACEPARENT, Message, new_id
+from eventbus.message import DEADLINE, ERROR, ERROR_TYPE, TRACEPARENT, Message, new_id
 from eventbus.middleware import chain
 from eventbus.registry import Node
-from eventbus.rpc import decode_reply
 from eventbus.selector import Selector
 from eventbus.server import ENDPOINT
 from eventbus.tracing import current, new_traceparent
@@ -99,6 +99,7 @@ class Client:
         self.retries = retries
         self._routes: dict[str, _Route] = {}
         self._encoders: dict[tuple[str | None, type], tuple[str, Encoder]] = {}
+        self._decoders: dict[tuple[str | None, Any], Decoder] = {}
         self._send: Callable[[Message], Awaitable[Any]] | None = None
         self._send_broker: Broker | None = None
 
@@ -182,7 +183,7 @@ class Client:
         else:
             traceparent = new_traceparent(context.traceparent)
             deadline = context.deadline
-            if deadline is not None and deadline <= asyncio.get_running_loop().time():
+            if deadline is not None and deadline <= time.monotonic():
                 raise _too_late(self.service, endpoint)
         _, topic, candidates = await self._route(endpoint)
         reply_to = await bus.replies.address()
@@ -196,7 +197,7 @@ class Client:
             attempt += 1
             this_wait = wait
             if deadline is not None:
-                this_wait = min(wait, deadline - asyncio.get_running_loop().time())
+                this_wait = min(wait, deadline - time.monotonic())
                 if this_wait <= 0:
                     raise _too_late(self.service, topic)
             node = selector.select(candidates, tried)
@@ -248,7 +249,16 @@ class Client:
             selector.release(node)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("called %r on node %s [trace %s]", topic, node.id, traceparent[3:35])
-            return decode_reply(reply, response_type, bus, topic)
+            headers_in = reply.headers
+            if ERROR_TYPE in headers_in:
+                raise RemoteError(headers_in[ERROR_TYPE], headers_in.get(ERROR, ""), topic=topic)
+            if response_type is Message:
+                return reply
+            key = (reply.content_type, response_type)
+            decode = self._decoders.get(key)
+            if decode is None:
+                decode = self._decoders[key] = bus.codecs.decoder(*key)
+            return decode(reply.body)
 
     async def nodes(self) -> tuple[Node, ...]:
         """The service's live nodes that pass the selector's filters."""

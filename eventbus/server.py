@@ -7,10 +7,11 @@ A bus with a ``name`` is a service node. Besides its ordinary subscriptions it t
 pipeline (decode, middleware, handler, reply) on it. One topic per node, whatever the
 number of endpoints, keeps the broker's load flat (on Kafka each topic is a topic).
 
-Each endpoint keeps its subscriber's ``concurrency`` for node-addressed calls (a
-worker pool per endpoint, no task per message). The node topic is subscribed with
-``durable=False``: a call is only worth answering while its caller waits, and the
-caller fails over to another node when this one does not answer.
+Each endpoint keeps its subscriber's ``concurrency`` for node-addressed calls (the
+node subscription has as many workers as all endpoints together; no task per
+message). The node topic is subscribed with ``durable=False``: a call is only worth
+answering while its caller waits, and the caller fails over to another node when
+this one does not answer.
 
 A class is turned into endpoints with `EventBus.service` (`register_service`)::
 
@@ -26,18 +27,18 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventbus.broker import Subscription
-from eventbus.dispatch import Dispatcher
 from eventbus.errors import ConfigurationError, EndpointNotFound, UndeliverableError
 from eventbus.message import TRACEPARENT, Message
 from eventbus.presence import node_address
 from eventbus.registry import Node
 from eventbus.subscriber import Subscriber
-from eventbus.tracing import serve, trace_id
+from eventbus.tracing import _context, call_context, trace_id
 
 if TYPE_CHECKING:
     from eventbus.bus import EventBus
@@ -55,46 +56,69 @@ _UNSET: Any = object()
 
 
 class _Endpoint:
-    """One endpoint's pipeline for node-addressed calls, with its own worker pool."""
+    """One endpoint's pipeline for node-addressed calls, within its subscriber's concurrency.
 
-    __slots__ = ("dispatcher", "subscriber", "topic")
+    A call runs on the node subscription's worker that received it while the endpoint
+    has a free slot; beyond its ``concurrency`` it waits in the endpoint's queue and a
+    worker already running the endpoint takes it next. No worker ever blocks on a busy
+    endpoint, so one flooded endpoint cannot starve the others.
+    """
+
+    __slots__ = ("running", "subscriber", "take", "topic", "waiting")
 
     def __init__(self, subscriber: Subscriber) -> None:
         self.subscriber = subscriber
-        self.topic = subscriber.topic
-        topic = self.topic
+        self.topic = topic = subscriber.topic
+        self.running = 0
+        self.waiting: deque[Message] = deque()
+        limit = subscriber.concurrency
+        waiting = self.waiting
         pipeline = subscriber.build()
+        enter = call_context
+        context = _context
 
-        async def traced(message: Message) -> None:
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("serving %r (id=%s) [trace %s]", topic, message.id, trace_id())
-            await pipeline(message)
+        async def take(message: Message) -> None:
+            if self.running >= limit:
+                waiting.append(message)
+                return
+            self.running += 1
+            try:
+                while True:
+                    # The handler runs in the caller's trace and deadline, and sees the
+                    # endpoint's topic rather than the node address.
+                    token = context.set(enter(message))
+                    try:
+                        if log.isEnabledFor(logging.DEBUG):
+                            log.debug(
+                                "serving %r (id=%s) [trace %s]", topic, message.id, trace_id()
+                            )
+                        await pipeline(
+                            Message(
+                                topic,
+                                message.body,
+                                message.headers,
+                                message.content_type,
+                                message.id,
+                                message.time,
+                                message.key,
+                                message.reply_to,
+                                message.correlation_id,
+                                message.source,
+                                message.type,
+                                message.delivery,
+                            )
+                        )
+                    except Exception:  # the pipeline settles handler errors; this is the rest
+                        log.exception("node-addressed call to %r (id=%s) failed", topic, message.id)
+                    finally:
+                        context.reset(token)
+                    if not waiting:
+                        return
+                    message = waiting.popleft()
+            finally:
+                self.running -= 1
 
-        handle = serve(traced)
-
-        async def run(message: Message) -> None:
-            # The handler sees the endpoint's topic, not the node address.
-            await handle(
-                Message(
-                    topic,
-                    message.body,
-                    message.headers,
-                    message.content_type,
-                    message.id,
-                    message.time,
-                    message.key,
-                    message.reply_to,
-                    message.correlation_id,
-                    message.source,
-                    message.type,
-                    message.delivery,
-                )
-            )
-
-        self.dispatcher: Dispatcher[Message] = Dispatcher(
-            run, concurrency=subscriber.concurrency, name=f"node:{topic}"
-        )
-        self.dispatcher.start()
+        self.take = take
 
 
 class Server:
@@ -134,8 +158,10 @@ class Server:
         Raises:
             BrokerUnavailable: the broker cannot be reached.
         """
+        # Enough workers for every endpoint to run at its own concurrency at once.
+        workers = max(sum(sub.concurrency for sub in self.bus.subscribers), 1)
         self._subscription = await self.bus.broker.subscribe(
-            self.address, self._route, durable=False, concurrency=1
+            self.address, self._route, durable=False, concurrency=workers
         )
         try:
             await self.refresh()
@@ -172,9 +198,7 @@ class Server:
         if sub is not None:
             await sub.close()
         endpoints, self._endpoints = self._endpoints, {}
-        left = 0
-        for target in endpoints.values():
-            left += len(await target.dispatcher.stop(self.bus.shutdown_timeout))
+        left = sum(len(target.waiting) for target in endpoints.values())
         if left:
             log.warning(
                 "node %s stopped with %d node-addressed call(s) unanswered; callers fail over",
@@ -190,7 +214,7 @@ class Server:
             if target is None:
                 await self._unknown(message, name)
                 return
-        target.dispatcher.put(message)
+        await target.take(message)
 
     def _find(self, name: str | None) -> _Endpoint | None:
         if name is None:

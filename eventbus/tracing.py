@@ -22,11 +22,11 @@ Plain subscribers and publishers can join in with `middleware` (handler side) an
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
 import re
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import replace
@@ -39,6 +39,7 @@ __all__ = [
     "LOG_FORMAT",
     "CallContext",
     "TraceFilter",
+    "call_context",
     "current",
     "install_log_filter",
     "is_valid",
@@ -54,6 +55,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s {%(trace_id)s} %(name)s: %(message)s"
 """A log format showing the trace id, GoFrame style (needs `TraceFilter`)."""
 
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_valid = _TRACEPARENT.fullmatch
+_monotonic = time.monotonic
+_randbytes = random.randbytes  # trace ids need to be unique, not secret
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
 
 
 class CallContext(NamedTuple):
@@ -61,8 +67,8 @@ class CallContext(NamedTuple):
 
     Attributes:
         traceparent: The W3C ``traceparent`` of the caller's span.
-        deadline: Event-loop time (``loop.time()``) after which the caller has given
-            up, or ``None`` when it waits indefinitely.
+        deadline: The `time.monotonic` time after which the caller has given up, or
+            ``None`` when it waits indefinitely.
     """
 
     traceparent: str
@@ -95,19 +101,22 @@ def is_valid(traceparent: str) -> bool:
 
 def new_traceparent(parent: str | None = None) -> str:
     """A traceparent for a new span: a child of ``parent`` (same trace id), else a new trace."""
-    span = random.getrandbits(64) or 1
     if parent is not None:
-        return f"00-{parent[3:35]}-{span:016x}-01"
-    trace = random.getrandbits(128) or 1
-    return f"00-{trace:032x}-{span:016x}-01"
+        return f"00-{parent[3:35]}-{_randbytes(8).hex()}-01"
+    ids = _randbytes(24).hex()
+    if ids.startswith(_ZERO_TRACE) or ids.endswith(_ZERO_SPAN):  # all-zero ids are invalid
+        return new_traceparent()
+    return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
 @contextlib.contextmanager
-def trace(traceparent: str | None = None) -> Iterator[CallContext]:
+def trace(traceparent: str | None = None, *, timeout: float | None = None) -> Iterator[CallContext]:
     """Run the block inside a trace: a new one, or the one ``traceparent`` names.
 
     Calls made inside continue the trace, and log records carry its id (see
-    `TraceFilter`). An invalid ``traceparent`` starts a new trace, as W3C says.
+    `TraceFilter`). An invalid ``traceparent`` starts a new trace, as W3C says. With
+    ``timeout``, calls made inside never wait past that many seconds from now (a
+    deadline, like the one a served call inherits from its caller).
 
     Example:
         >>> with trace() as context:
@@ -116,7 +125,11 @@ def trace(traceparent: str | None = None) -> Iterator[CallContext]:
     """
     if traceparent is None or not is_valid(traceparent):
         traceparent = new_traceparent()
-    context = CallContext(traceparent)
+    deadline = None if timeout is None else _monotonic() + timeout
+    outer = _context.get()
+    if outer is not None and outer.deadline is not None:
+        deadline = outer.deadline if deadline is None else min(deadline, outer.deadline)
+    context = CallContext(traceparent, deadline)
     token = _context.set(context)
     try:
         yield context
@@ -124,17 +137,19 @@ def trace(traceparent: str | None = None) -> Iterator[CallContext]:
         _context.reset(token)
 
 
-def _context_of(message: Message) -> CallContext:
+def call_context(message: Message) -> CallContext:
+    """The call context a message carries: its trace (a new one if none) and deadline."""
     headers = message.headers
     traceparent = headers.get(TRACEPARENT)
-    if traceparent is None or not is_valid(traceparent):
+    if traceparent is None or len(traceparent) != 55 or _valid(traceparent) is None:
         traceparent = new_traceparent()
-    deadline: float | None = None
     patience = headers.get(DEADLINE)
-    if patience is not None:
-        with contextlib.suppress(ValueError):
-            deadline = asyncio.get_running_loop().time() + int(patience) / 1000.0
-    return CallContext(traceparent, deadline)
+    if patience is None:
+        return CallContext(traceparent)
+    try:
+        return CallContext(traceparent, _monotonic() + int(patience) / 1000.0)
+    except ValueError:
+        return CallContext(traceparent)
 
 
 def serve(call: Next) -> Next:
@@ -145,7 +160,7 @@ def serve(call: Next) -> Next:
     """
 
     async def traced(message: Message) -> Any:
-        token = _context.set(_context_of(message))
+        token = _context.set(call_context(message))
         try:
             return await call(message)
         finally:
