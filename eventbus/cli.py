@@ -26,6 +26,7 @@ from types import FrameType
 
 import orjson
 
+from eventbus.brokers import open_broker
 from eventbus.bus import EventBus, default_bus
 from eventbus.errors import (
     ConfigurationError,
@@ -137,11 +138,27 @@ def _supervise(target: str, workers: int, log_level: str) -> int:
     return 0
 
 
+def _broker_options(pairs: Sequence[str]) -> dict[str, object]:
+    """``["fetch_wait=0.05", "name=x"]`` -> options; values are read as JSON when they parse."""
+    options: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise ConfigurationError(f"--option takes NAME=VALUE, not {pair!r}")
+        try:
+            options[name] = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            options[name] = text
+    return options
+
+
 def _registry_bus(args: argparse.Namespace) -> EventBus:
     settle: float = args.wait
     if settle < 0:
         raise ConfigurationError(f"--wait must be >= 0 seconds, not {settle!r}")
-    return EventBus(args.url, registry=lambda bus: PresenceRegistry(bus, settle=settle))
+    url = args.url or os.environ.get("EVENTBUS_URL") or "memory://"
+    broker = open_broker(url, **_broker_options(args.option)) if args.option else None
+    return EventBus(url, broker=broker, registry=lambda bus: PresenceRegistry(bus, settle=settle))
 
 
 def _age(node: Node, now: datetime) -> str:
@@ -251,20 +268,32 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("target", help="module:attr naming an EventBus (or module, for its bus)")
     run.add_argument("--workers", type=int, default=1, help="processes to run (default 1)")
     run.set_defaults(handler=_run, quiet=False)
-    url_help = "broker URL (default: EVENTBUS_URL, else memory://)"
-    wait_help = "seconds to wait for nodes to answer the presence query (default 1)"
     services = commands.add_parser("services", help="list services, nodes, versions and ages")
-    services.add_argument("--url", default=None, help=url_help)
-    services.add_argument("--wait", type=float, default=1.0, help=wait_help)
     services.set_defaults(handler=_services, quiet=True)
     call = commands.add_parser("call", help="call service.endpoint with a JSON payload")
     call.add_argument("target", help="service.endpoint, e.g. greeter.hello")
     call.add_argument("payload", nargs="?", default="{}", help="JSON payload (default {})")
-    call.add_argument("--url", default=None, help=url_help)
     call.add_argument("--timeout", type=float, default=5.0, help="seconds per attempt (5)")
     call.add_argument("--retries", type=int, default=1, help="attempts on other nodes (1)")
-    call.add_argument("--wait", type=float, default=1.0, help=wait_help)
     call.set_defaults(handler=_call, quiet=True)
+    for command in (services, call):
+        command.add_argument(
+            "--url", default=None, help="broker URL (default: EVENTBUS_URL, else memory://)"
+        )
+        command.add_argument(
+            "--wait",
+            type=float,
+            default=1.0,
+            help="seconds to wait for nodes to answer the presence query (default 1)",
+        )
+        command.add_argument(
+            "-o",
+            "--option",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="broker adapter option, e.g. -o fetch_wait=0.05 (repeatable)",
+        )
     return parser
 
 

@@ -25,6 +25,7 @@ A class is turned into endpoints with `EventBus.service` (`register_service`)::
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections import deque
@@ -160,9 +161,21 @@ class Server:
         """
         # Enough workers for every endpoint to run at its own concurrency at once.
         workers = max(sum(sub.concurrency for sub in self.bus.subscribers), 1)
-        self._subscription = await self.bus.broker.subscribe(
-            self.address, self._route, durable=False, concurrency=workers
+        # Both subscriptions at once: on Kafka each one is a group join.
+        subscribed, started = await asyncio.gather(
+            self.bus.broker.subscribe(
+                self.address, self._route, durable=False, concurrency=workers
+            ),
+            self.bus.registry.start(),
+            return_exceptions=True,
         )
+        if isinstance(subscribed, BaseException) or isinstance(started, BaseException):
+            if not isinstance(subscribed, BaseException):
+                await subscribed.close()
+            failure = subscribed if isinstance(subscribed, BaseException) else started
+            assert isinstance(failure, BaseException)
+            raise failure
+        self._subscription = subscribed
         try:
             await self.refresh()
         except BaseException:

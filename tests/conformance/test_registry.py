@@ -26,7 +26,7 @@ from eventbus.message import DEADLINE
 from eventbus.presence import PRESENCE_TOPIC, PresenceRegistry
 from eventbus.registry import Node, RegistryEvent, wait_for_nodes
 from eventbus.tracing import trace, trace_id
-from tests.conformance.conftest import MakeBus
+from tests.conformance.conftest import BROKER_OPTIONS, MakeBus
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 20.0  # seconds any single expected event may take on a slow broker
@@ -46,6 +46,19 @@ def make_node(make_bus: MakeBus, service: str, **settings: object) -> EventBus:
         return {"node": bus.node_id}
 
     return bus
+
+
+async def start(*buses: EventBus) -> None:
+    """Start buses and their registries at once (on Kafka each subscription is a group join).
+
+    The ``make_bus`` fixture closes them after the test.
+    """
+
+    async def up(bus: EventBus) -> None:
+        await bus.start()
+        await bus.registry.start()
+
+    await asyncio.gather(*(up(bus) for bus in buses))
 
 
 async def crash(bus: EventBus) -> None:
@@ -89,13 +102,13 @@ async def test_graceful_close_removes_the_node_at_once(make_bus: MakeBus, servic
     leaving = make_node(make_bus, service, heartbeat=10.0)
     staying = make_node(make_bus, service, heartbeat=10.0)
     client = make_bus()
-    async with leaving, staying, client:
-        await wait_for_nodes(client.registry, service, 2, timeout=WAIT)
-        with client.registry.watch() as events:
-            await leaving.close()
-            event = await next_removal(events, leaving.node_id, timeout=5.0)
-        assert event.reason == "goodbye"
-        assert [n.id for n in await client.registry.nodes(service)] == [staying.node_id]
+    await start(leaving, staying, client)
+    await wait_for_nodes(client.registry, service, 2, timeout=WAIT)
+    with client.registry.watch() as events:
+        await leaving.close()
+        event = await next_removal(events, leaving.node_id, timeout=5.0)
+    assert event.reason == "goodbye"
+    assert [n.id for n in await client.registry.nodes(service)] == [staying.node_id]
 
 
 async def test_killed_node_disappears_within_its_ttl(
@@ -153,20 +166,20 @@ async def test_killed_node_disappears_within_its_ttl(
 async def test_round_robin_splits_calls_evenly(make_bus: MakeBus, service: str) -> None:
     nodes = [make_node(make_bus, service), make_node(make_bus, service)]
     client = make_bus()
-    async with nodes[0], nodes[1], client:
-        await wait_for_nodes(client.registry, service, 2, timeout=WAIT)
-        calc = client.client(service, selector="round_robin")
-        replies = await asyncio.gather(*(calc.call("whoami", {}, timeout=WAIT) for _ in range(200)))
+    await start(nodes[0], nodes[1], client)
+    await wait_for_nodes(client.registry, service, 2, timeout=WAIT)
+    calc = client.client(service, selector="round_robin")
+    replies = await asyncio.gather(*(calc.call("whoami", {}, timeout=WAIT) for _ in range(200)))
     assert Counter(r["node"] for r in replies) == {nodes[0].node_id: 100, nodes[1].node_id: 100}
 
 
 async def test_random_spreads_calls(make_bus: MakeBus, service: str) -> None:
     nodes = [make_node(make_bus, service), make_node(make_bus, service)]
     client = make_bus()
-    async with nodes[0], nodes[1], client:
-        await wait_for_nodes(client.registry, service, 2, timeout=WAIT)
-        calc = client.client(service)
-        replies = await asyncio.gather(*(calc.call("whoami", {}, timeout=WAIT) for _ in range(200)))
+    await start(nodes[0], nodes[1], client)
+    await wait_for_nodes(client.registry, service, 2, timeout=WAIT)
+    calc = client.client(service)
+    replies = await asyncio.gather(*(calc.call("whoami", {}, timeout=WAIT) for _ in range(200)))
     counts = Counter(r["node"] for r in replies)
     assert sum(counts.values()) == 200
     assert counts[nodes[0].node_id] >= 60, counts
@@ -190,15 +203,15 @@ async def test_call_fails_over_when_the_node_dies_mid_call(make_bus: MakeBus, se
         serve(bus)
         nodes.append(bus)
     client = make_bus()
-    async with nodes[0], nodes[1], client:
-        await wait_for_nodes(client.registry, service, 2, timeout=WAIT)
-        call = asyncio.create_task(
-            client.client(service).call("work", {"n": 7}, timeout=2.0, retries=1)
-        )
-        async with asyncio.timeout(WAIT):
-            dead = await stuck
-        await crash(dead)
-        reply = await call
+    await start(nodes[0], nodes[1], client)
+    await wait_for_nodes(client.registry, service, 2, timeout=WAIT)
+    call = asyncio.create_task(
+        client.client(service).call("work", {"n": 7}, timeout=2.0, retries=1)
+    )
+    async with asyncio.timeout(WAIT):
+        dead = await stuck
+    await crash(dead)
+    reply = await call
     (alive,) = (n for n in nodes if n is not dead)
     assert reply == {"node": alive.node_id, "n": 7}
 
@@ -206,10 +219,10 @@ async def test_call_fails_over_when_the_node_dies_mid_call(make_bus: MakeBus, se
 async def test_unknown_service_fails_fast(make_bus: MakeBus, service: str) -> None:
     node = make_node(make_bus, service)
     client = make_bus()
-    async with node, client:
-        await wait_for_nodes(client.registry, service, 1, timeout=WAIT)
-        with pytest.raises(ServiceNotFound) as caught:
-            await client.client(f"{service}-missing").call("whoami", {}, timeout=30)
+    await start(node, client)
+    await wait_for_nodes(client.registry, service, 1, timeout=WAIT)
+    with pytest.raises(ServiceNotFound) as caught:
+        await client.client(f"{service}-missing").call("whoami", {}, timeout=30)
     message = str(caught.value)
     assert f"{service}-missing" in message
     assert service in message, "the error lists the services that do exist"
@@ -218,10 +231,10 @@ async def test_unknown_service_fails_fast(make_bus: MakeBus, service: str) -> No
 async def test_unknown_endpoint_is_a_clear_remote_error(make_bus: MakeBus, service: str) -> None:
     node = make_node(make_bus, service)
     client = make_bus()
-    async with node, client:
-        await wait_for_nodes(client.registry, service, 1, timeout=WAIT)
-        with pytest.raises(RemoteError) as caught:
-            await client.client(service).call("divide", {"a": 1}, timeout=WAIT, retries=0)
+    await start(node, client)
+    await wait_for_nodes(client.registry, service, 1, timeout=WAIT)
+    with pytest.raises(RemoteError) as caught:
+        await client.client(service).call("divide", {"a": 1}, timeout=WAIT, retries=0)
     assert caught.value.remote_type == "EndpointNotFound"
     assert f"{service}.divide" in caught.value.remote_message
     assert f"{service}.whoami" in caught.value.remote_message, "it says what the node serves"
@@ -235,11 +248,11 @@ async def test_remote_error_keeps_type_and_message(make_bus: MakeBus, service: s
         return request["a"] / request["b"]
 
     client = make_bus()
-    async with node, client:
-        calc = client.client(service)
-        assert await calc.call("divide", {"a": 6, "b": 3}, timeout=WAIT) == 2.0
-        with pytest.raises(RemoteError) as caught:
-            await calc.call("divide", {"a": 1, "b": 0}, timeout=WAIT)
+    await start(node, client)
+    calc = client.client(service)
+    assert await calc.call("divide", {"a": 6, "b": 3}, timeout=WAIT) == 2.0
+    with pytest.raises(RemoteError) as caught:
+        await calc.call("divide", {"a": 1, "b": 0}, timeout=WAIT)
     assert caught.value.remote_type == "ZeroDivisionError"
     assert caught.value.remote_message == "division by zero"
     assert "Traceback" not in str(caught.value)
@@ -269,17 +282,17 @@ async def test_class_service_and_shared_trace_id(make_bus: MakeBus, service: str
     server = make_bus(name=service, version="1.0.0")
     greeter = server.service(Greeter())
     client = make_bus()
-    async with server, client:
-        nodes = await wait_for_nodes(client.registry, service, 1, timeout=WAIT)
-        assert nodes[0].endpoints == frozenset({f"{service}.hello"})
-        with trace() as context:
-            reply = await client.client(service).call(
-                "hello", HelloRequest(name="World"), timeout=WAIT, response_type=HelloReply
-            )
-        assert reply == HelloReply(message="Hello World")
-        # The endpoint is an ordinary topic too: plain requests reach the service's group.
-        plain = await client.request(f"{service}.hello", {"name": "Ann"}, timeout=WAIT)
-        assert plain == {"message": "Hello Ann"}
+    await start(server, client)
+    nodes = await wait_for_nodes(client.registry, service, 1, timeout=WAIT)
+    assert nodes[0].endpoints == frozenset({f"{service}.hello"})
+    with trace() as context:
+        reply = await client.client(service).call(
+            "hello", HelloRequest(name="World"), timeout=WAIT, response_type=HelloReply
+        )
+    assert reply == HelloReply(message="Hello World")
+    # The endpoint is an ordinary topic too: plain requests reach the service's group.
+    plain = await client.request(f"{service}.hello", {"name": "Ann"}, timeout=WAIT)
+    assert plain == {"message": "Hello Ann"}
     assert greeter.traces[0] == context.trace_id, "callee logs share the caller's trace id"
 
 
@@ -304,37 +317,33 @@ async def test_malformed_presence_is_ignored(
         orjson.dumps({**good, "node": node.node_id, "ttl": 0}),  # impersonation, absurd TTL
         orjson.dumps({"kind": "goodbye", "service": 7, "node": node.node_id}),
     ]
-    async with node, client:
-        await wait_for_nodes(client.registry, service, 1, timeout=WAIT)
-        before = await client.registry.nodes(service)
-        registry = client.registry
-        assert isinstance(registry, PresenceRegistry)
-        caplog.set_level(logging.WARNING, logger="eventbus.registry")
-        for body in bad:
-            # One key: on partitioned brokers the sentinel below comes after the garbage.
-            await client.broker.publish(Message(PRESENCE_TOPIC, body, key="p"), durable=False)
-        # A goodbye naming the wrong service is well-formed but must not remove the node.
-        wrong = {"kind": "goodbye", "service": "other", "node": node.node_id}
+    await start(node, client)
+    await wait_for_nodes(client.registry, service, 1, timeout=WAIT)
+    before = await client.registry.nodes(service)
+    registry = client.registry
+    assert isinstance(registry, PresenceRegistry)
+    caplog.set_level(logging.WARNING, logger="eventbus.registry")
+    for body in bad:
+        # One key: on partitioned brokers the sentinel below comes after the garbage.
+        await client.broker.publish(Message(PRESENCE_TOPIC, body, key="p"), durable=False)
+    # A goodbye naming the wrong service is well-formed but must not remove the node.
+    wrong = {"kind": "goodbye", "service": "other", "node": node.node_id}
+    await client.broker.publish(
+        Message(PRESENCE_TOPIC, orjson.dumps(wrong), key="p"), durable=False
+    )
+    await client.broker.publish(Message(PRESENCE_TOPIC, orjson.dumps(good), key="p"), durable=False)
+    nodes = await wait_for_nodes(registry, service, 2, timeout=WAIT)
+    assert registry.rejected == len(bad)
+    assert before[0] in nodes
+    (real,) = (n for n in nodes if n.id == node.node_id)
+    assert real == before[0], "the real node is untouched"
+    goodbye = {"kind": "goodbye", "service": service, "node": "fake1"}
+    with registry.watch() as events:
         await client.broker.publish(
-            Message(PRESENCE_TOPIC, orjson.dumps(wrong), key="p"), durable=False
+            Message(PRESENCE_TOPIC, orjson.dumps(goodbye), key="p"), durable=False
         )
-        await client.broker.publish(
-            Message(PRESENCE_TOPIC, orjson.dumps(good), key="p"), durable=False
-        )
-        nodes = await wait_for_nodes(registry, service, 2, timeout=WAIT)
-        assert registry.rejected == len(bad)
-        assert before[0] in nodes
-        (real,) = (n for n in nodes if n.id == node.node_id)
-        assert real == before[0], "the real node is untouched"
-        goodbye = {"kind": "goodbye", "service": service, "node": "fake1"}
-        with registry.watch() as events:
-            await client.broker.publish(
-                Message(PRESENCE_TOPIC, orjson.dumps(goodbye), key="p"), durable=False
-            )
-            await next_removal(events, "fake1", timeout=WAIT)
-        assert await client.client(service).call("whoami", {}, timeout=WAIT) == {
-            "node": node.node_id
-        }
+        await next_removal(events, "fake1", timeout=WAIT)
+    assert await client.client(service).call("whoami", {}, timeout=WAIT) == {"node": node.node_id}
     warnings = [r for r in caplog.records if "malformed presence" in r.getMessage()]
     assert warnings, "a rejected presence message is logged"
 
@@ -364,20 +373,18 @@ async def test_late_reply_is_dropped_quietly(
     caplog.set_level(logging.DEBUG, logger="eventbus")
     client = make_bus()
     try:
-        async with node, client:
-            calc = client.client(service)
-            assert await calc.call("slow", {"n": 0}, timeout=WAIT) == {"n": 0}
-            with pytest.raises(RequestTimeout):
-                # The deadline header is widened so the node answers after we gave up.
-                await calc.call(
-                    "slow", {"n": 1}, timeout=0.3, retries=0, headers={DEADLINE: "60000"}
-                )
-            release.set()
-            (sub,) = node.subscribers
-            await sub.wait_for(processed=2, timeout=WAIT)
-            async with asyncio.timeout(WAIT):
-                await dropped.wait()
-            assert await calc.call("slow", {"n": 2}, timeout=WAIT) == {"n": 2}
+        await start(node, client)
+        calc = client.client(service)
+        assert await calc.call("slow", {"n": 0}, timeout=WAIT) == {"n": 0}
+        with pytest.raises(RequestTimeout):
+            # The deadline header is widened so the node answers after we gave up.
+            await calc.call("slow", {"n": 1}, timeout=0.3, retries=0, headers={DEADLINE: "60000"})
+        release.set()
+        (sub,) = node.subscribers
+        await sub.wait_for(processed=2, timeout=WAIT)
+        async with asyncio.timeout(WAIT):
+            await dropped.wait()
+        assert await calc.call("slow", {"n": 2}, timeout=WAIT) == {"n": 2}
     finally:
         logger.removeHandler(spy)
     noisy = [
@@ -422,21 +429,32 @@ async def test_version_filter_picks_matching_nodes(make_bus: MakeBus, service: s
     old = make_node(make_bus, service, version="1.0")
     new = make_node(make_bus, service, version="2.0", metadata={"zone": "b"})
     client = make_bus()
-    async with old, new, client:
-        await wait_for_nodes(client.registry, service, 2, timeout=WAIT)
-        v2 = client.client(service, version="2.0")
-        replies = await asyncio.gather(*(v2.call("whoami", {}, timeout=WAIT) for _ in range(20)))
-        assert {r["node"] for r in replies} == {new.node_id}
-        zone_b = client.client(service, metadata={"zone": "b"})
-        assert await zone_b.call("whoami", {}, timeout=WAIT) == {"node": new.node_id}
-        with pytest.raises(ServiceNotFound, match="none passes"):
-            await client.client(service, version="3.0").call("whoami", {}, timeout=WAIT)
+    await start(old, new, client)
+    await wait_for_nodes(client.registry, service, 2, timeout=WAIT)
+    v2 = client.client(service, version="2.0")
+    replies = await asyncio.gather(*(v2.call("whoami", {}, timeout=WAIT) for _ in range(20)))
+    assert {r["node"] for r in replies} == {new.node_id}
+    zone_b = client.client(service, metadata={"zone": "b"})
+    assert await zone_b.call("whoami", {}, timeout=WAIT) == {"node": new.node_id}
+    with pytest.raises(ServiceNotFound, match="none passes"):
+        await client.client(service, version="3.0").call("whoami", {}, timeout=WAIT)
 
 
 async def test_cli_lists_services_and_calls_endpoints(
-    make_bus: MakeBus, url: str, service: str, capsys: pytest.CaptureFixture[str]
+    make_bus: MakeBus,
+    url: str,
+    broker_name: str,
+    service: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from eventbus.cli import main
+    from eventbus.cli import main as cli
+
+    options = [
+        f"-o{k}={orjson.dumps(v).decode()}" for k, v in BROKER_OPTIONS.get(broker_name, {}).items()
+    ]
+
+    def main(argv: list[str]) -> int:
+        return cli([*argv, *options])
 
     server = make_bus(name=service, version="2.1.0")
     server.service(Greeter())
