@@ -249,6 +249,7 @@ async def test_remote_error_keeps_type_and_message(make_bus: MakeBus, service: s
 
     client = make_bus()
     await start(node, client)
+    await wait_for_nodes(client.registry, service, 1, timeout=WAIT)
     calc = client.client(service)
     assert await calc.call("divide", {"a": 6, "b": 3}, timeout=WAIT) == 2.0
     with pytest.raises(RemoteError) as caught:
@@ -374,6 +375,7 @@ async def test_late_reply_is_dropped_quietly(
     client = make_bus()
     try:
         await start(node, client)
+        await wait_for_nodes(client.registry, service, 1, timeout=WAIT)
         calc = client.client(service)
         assert await calc.call("slow", {"n": 0}, timeout=WAIT) == {"n": 0}
         with pytest.raises(RequestTimeout):
