@@ -18,8 +18,8 @@ with the calls per second. Rows, in one run on the same server:
 
 Ratios are to the first row. The target: ``client.call`` p50 within 1.3x and calls/s
 at least 0.7x of the plain client's; its ratio to ``eventbus request`` isolates what
-the registry lookup, selection and node addressing add. Baselines run even where eventbus has no adapter
-for the scheme yet (its rows are then skipped with the reason).
+the registry lookup, selection and node addressing add. Baselines run even where
+eventbus has no adapter for the scheme yet (its rows are then skipped with the reason).
 """
 
 from __future__ import annotations

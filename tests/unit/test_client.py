@@ -14,6 +14,7 @@ from eventbus import (
     Message,
     RequestTimeout,
     Selector,
+    ServiceNotFound,
     UndeliverableError,
     wait_for_nodes,
 )
@@ -204,3 +205,14 @@ async def test_a_closing_node_finishes_calls_in_flight() -> None:
         await server.close()  # goodbye first; the call in flight still gets its answer
         assert await call == "finished"
         assert await client.registry.nodes("calc") == ()
+
+
+def test_blocking_code_calls_services() -> None:
+    from eventbus import BlockingBus
+
+    where = url()
+    with BlockingBus(node(where)) as server, BlockingBus(where) as client:
+        server.start()
+        assert client.call("calc", "whoami", {}, timeout=5) == server.bus.node_id
+        with pytest.raises(ServiceNotFound):
+            client.call("nothing", "x", {}, timeout=5)
