@@ -8,7 +8,7 @@ import uuid
 import orjson
 import pytest
 
-from eventbus import ConfigurationError, EventBus, Message
+from eventbus import ConfigurationError, EventBus, Message, RemoteError
 from eventbus.presence import PRESENCE_TOPIC, PresenceRegistry
 from eventbus.registry import Node, NodeTable, Registry, RegistryEvent, Watch, wait_for_nodes
 from tests.helpers import Inbox
@@ -181,3 +181,15 @@ async def test_presence_from_plain_clients_is_read_too() -> None:
         (found,) = await wait_for_nodes(bus.registry, "legacy", 1, timeout=5)
     assert found.address == "eventbus.node.n-1"
     assert found.started is None
+
+
+async def test_a_bus_restarted_after_close_registers_again() -> None:
+    where = url()
+    bus = EventBus(where, name="calc")
+    await bus.start()
+    await bus.close()
+    bus.use_broker(None)  # how TestBus reuses one app bus across tests
+    async with bus:
+        assert [n.id for n in await bus.registry.nodes("calc")] == [bus.node_id]
+        with pytest.raises(RemoteError, match="EndpointNotFound"):  # its node topic answers
+            await bus.client("calc").call("missing", {}, timeout=5, retries=0)
