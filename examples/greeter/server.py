@@ -1,6 +1,7 @@
 """The greeter service, after Go Micro's greeter: one endpoint, ``greeter.hello``.
 
     EVENTBUS_URL=nats://127.0.0.1:4222 python examples/greeter/server.py
+    cd examples/greeter && EVENTBUS_URL=... eventbus run server:make_bus   # the same
 
 Runs on ``EVENTBUS_URL`` (``memory://`` when unset: then only code in the same process
 can call it, see ``demo.py``). Every node started this way registers itself; run two
