@@ -15,10 +15,14 @@ from eventbus.broker import Broker
 from eventbus.brokers import open_broker
 from tests.conftest import broker_url
 
-BROKERS = ["memory"]
+BROKERS = ["memory", "rabbitmq"]
 """Adapters under test, by name; each resolves to a URL in tests/conftest.py."""
 
-BROKER_OPTIONS: dict[str, dict[str, object]] = {}
+BROKER_OPTIONS: dict[str, dict[str, object]] = {
+    # Streams are RabbitMQ's opt-in retention: on for every topic so replay is tested;
+    # short retention keeps the shared test server small.
+    "rabbitmq": {"streams": True, "stream_max_age": "1h", "reconnect_interval": 0.5},
+}
 """Adapter options for tests (e.g. short redelivery timeouts), by broker name."""
 
 
