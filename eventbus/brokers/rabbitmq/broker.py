@@ -262,23 +262,27 @@ class RabbitMQBroker:
             UndeliverableError: a reply to an inbox that no longer exists.
             ClosedError: the broker was closed.
         """
-        durable = True
+        confirmed = persistent = True
         if options:
-            durable = _publish_durable(options)
-        if message.reply_to is not None and message.reply_to == DIRECT_REPLY_TO:
-            durable = True  # a request goes on the publish channel: it consumes the replies
-            if self._inbox is None:
-                raise ConfigurationError(
-                    "a request with reply_to=amq.rabbitmq.reply-to needs open_inbox() first"
-                )
-        underlay = self._publish_underlay if durable else self._fast_underlay
+            confirmed = persistent = _publish_durable(options)
+        if message.reply_to is not None:
+            # A request is worthless after its caller's deadline: never written to disk.
+            persistent = False
+            if message.reply_to == DIRECT_REPLY_TO:
+                confirmed = True  # on the publish channel: it consumes the replies
+                if self._inbox is None:
+                    raise ConfigurationError(
+                        "a request with reply_to=amq.rabbitmq.reply-to needs open_inbox() first"
+                    )
+        underlay = self._publish_underlay if confirmed else self._fast_underlay
         if underlay is None or underlay.is_closed:
-            underlay = await self._publish_target(message.topic, durable)
+            underlay = await self._publish_target(message.topic, confirmed)
         topic = message.topic
         # mandatory: RabbitMQ returns what no queue takes; a confirm follows the return.
-        mandatory = durable and self.options.confirm
+        mandatory = confirmed and self.options.confirm
         if topic.startswith("amq."):  # a queue name: direct reply-to or a plain client's queue
             exchange = ""
+            persistent = False  # a reply, like its request
             if topic.startswith(DIRECT_REPLY_TO):
                 # RabbitMQ returns every mandatory direct reply-to message as NO_ROUTE,
                 # delivered or not (rabbitmq-server#6124): it cannot tell, so neither can we.
@@ -292,7 +296,7 @@ class RabbitMQBroker:
                 message.body,
                 exchange=exchange,
                 routing_key=topic,
-                properties=properties(message, persistent=durable),
+                properties=properties(message, persistent=persistent),
                 mandatory=mandatory,
                 timeout=self.timeout,
             )
@@ -455,7 +459,14 @@ class RabbitMQBroker:
                     )
                 await queue.bind(self.exchange, routing_key=topic)
                 sub = RabbitMQSubscription(
-                    self, topic, group, channel, queue, handler, concurrency=concurrency
+                    self,
+                    topic,
+                    group,
+                    channel,
+                    queue,
+                    handler,
+                    concurrency=concurrency,
+                    prefetch=prefetch,
                 )
                 await sub.start()
         except BaseException as exc:

@@ -35,6 +35,12 @@ __all__ = ["RabbitMQInbox", "RabbitMQSubscription"]
 log = logging.getLogger("eventbus")
 
 _CHANNEL_GONE = (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError)
+_ACK_DELAY = 0.05  # seconds a handled message may wait for its (batched) ack
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("rabbitmq: sending acks failed", exc_info=task.exception())
 
 
 class RabbitMQSubscription:
@@ -56,6 +62,7 @@ class RabbitMQSubscription:
         handler: Handler,
         *,
         concurrency: int,
+        prefetch: int,
     ) -> None:
         self.topic = topic
         self.group = group
@@ -70,6 +77,15 @@ class RabbitMQSubscription:
         self._dispatcher: Dispatcher[DeliveredMessage] = Dispatcher(
             self._handle, concurrency=concurrency, name=f"rabbitmq:{queue.name}"
         )
+        # One worker handles messages in delivery order, so one ack with multiple=True
+        # settles a run of them: up to a quarter of the prefetch window is acked at once
+        # (or sooner when nothing else is waiting), which halves the frames per message.
+        self._batch_acks = concurrency == 1
+        self._ack_every = max(1, prefetch // 4)
+        self._held = 0
+        self._held_tag = 0
+        self._held_channel: AbstractChannel | None = None
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._underlay: AbstractChannel | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._closed = False
@@ -128,14 +144,49 @@ class RabbitMQSubscription:
         try:
             await self._handler(message)
         except Exception as exc:
+            await self._flush_acks()
             await self._requeue(channel, message, tag, exc)
             return
         try:
-            await channel.basic_ack(tag, wait=False)
+            if not self._batch_acks:
+                await channel.basic_ack(tag, wait=False)
+            elif self._dispatcher.pending > 1 and self._held < self._ack_every:
+                if self._held_channel is not channel:
+                    self._held_channel, self._held = channel, 0
+                if not self._held:  # a slow next handler must not hold these acks long
+                    self._flush_timer = asyncio.get_running_loop().call_later(
+                        _ACK_DELAY, self._flush_later
+                    )
+                self._held += 1
+                self._held_tag = tag
+            else:
+                if self._held:
+                    self._held = 0
+                    self._held_channel = None
+                    if self._flush_timer is not None:
+                        self._flush_timer.cancel()
+                await channel.basic_ack(tag, multiple=True, wait=False)
         except _CHANNEL_GONE:
             log.debug(
                 "rabbitmq: channel closed before the ack of %s; it will come again", message.id
             )
+
+    async def _flush_acks(self) -> None:
+        """Send the ack held back for a run of handled messages, if any."""
+        # State is taken before the first await: basic_ack(wait=False) only queues the
+        # frame, so no ack can overtake a later one with a higher tag.
+        channel, self._held_channel = self._held_channel, None
+        tag, self._held = self._held_tag, 0
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(*_CHANNEL_GONE):
+                await channel.basic_ack(tag, multiple=True, wait=False)
+
+    def _flush_later(self) -> None:
+        if self._held and not self._closed:
+            task = asyncio.ensure_future(self._flush_acks())
+            task.add_done_callback(_log_failure)
 
     async def _requeue(
         self, channel: AbstractChannel, message: Message, tag: int, exc: Exception
@@ -174,6 +225,7 @@ class RabbitMQSubscription:
             with contextlib.suppress(*_CHANNEL_GONE, TimeoutError):
                 await underlay.basic_cancel(self._tag, timeout=self._broker.timeout)
         await self._dispatcher.stop(self._broker.grace)
+        await self._flush_acks()
         if underlay is not None and not underlay.is_closed:
             # Tag 0 with multiple=True: every message still unacknowledged on the channel.
             with contextlib.suppress(*_CHANNEL_GONE):
