@@ -60,6 +60,7 @@ _GRACE = 10.0
 _REPLAY_MARKER = "x-eventbus-replay-end"
 _REPLAY_PREFETCH = 1000
 _CLOCK_SKEW = timedelta(seconds=10)
+_REOPEN_POLL = 0.05
 _CHANNEL_ERRORS = (aiormq.exceptions.AMQPChannelError,)
 _CONNECTION_ERRORS = (
     aiormq.exceptions.AMQPConnectionError,
@@ -335,6 +336,12 @@ class RabbitMQBroker:
             async with asyncio.timeout(self.timeout):
                 await channel.ready()
                 underlay = await channel.get_underlay_channel()
+                while underlay.is_closed:
+                    # aio-pika notices a dead channel a moment after it died and reports
+                    # it ready until then: wait for the reopened one, never spin.
+                    await asyncio.sleep(_REOPEN_POLL)
+                    await channel.ready()
+                    underlay = await channel.get_underlay_channel()
         except TimeoutError:
             raise self._unavailable(topic, f"still reconnecting after {self.timeout:g}s") from None
         if self._closed:
@@ -350,7 +357,7 @@ class RabbitMQBroker:
             raise ClosedError(f"cannot use {topic!r}: the broker is closed")
         try:
             return await self._channel(self._connection, confirm=confirm)
-        except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+        except (TimeoutError, RuntimeError, *_CONNECTION_ERRORS) as exc:
             raise self._unavailable(topic, f"cannot open a channel: {exc}") from exc
 
     def _unavailable(self, topic: str, why: str) -> BrokerUnavailable:
