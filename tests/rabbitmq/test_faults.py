@@ -30,7 +30,7 @@ async def eventually(predicate: Callable[[], object], timeout: float, what: str)
     """Poll ``predicate`` (state that cannot be awaited, like a queue's consumer count)."""
     try:
         async with asyncio.timeout(timeout):
-            while not await _value(predicate()):
+            while not await _value(predicate()):  # noqa: ASYNC110 - server state, not an event
                 await asyncio.sleep(0.1)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
@@ -126,7 +126,8 @@ class Member:
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         async for raw in self.process.stdout:
             word, _, message_id = raw.decode().strip().partition(" ")
             if word == "ready":

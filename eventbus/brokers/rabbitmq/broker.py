@@ -306,15 +306,15 @@ class RabbitMQBroker:
             if task is not None and task.cancelling():
                 raise
             # aiormq cancels pending confirms when the connection drops under them.
-            raise self._unavailable(topic, "the connection was lost before the confirm") from None
+            raise self._unconfirmed(topic, "the connection was lost before the confirm") from None
         except TimeoutError:
-            raise self._unavailable(topic, f"no confirm within {self.timeout:g}s") from None
+            raise self._unconfirmed(topic, f"no confirm within {self.timeout:g}s") from None
         except aiormq.exceptions.DeliveryError as exc:
             raise BrokerError(f"RabbitMQ refused the message to {topic!r} (nack): {exc}") from exc
         except _CHANNEL_ERRORS as exc:
             raise BrokerError(f"RabbitMQ rejected the publish to {topic!r}: {exc}") from exc
         except _CONNECTION_ERRORS as exc:
-            raise self._unavailable(topic, f"{type(exc).__name__}: {exc}") from exc
+            raise self._unconfirmed(topic, f"{type(exc).__name__}: {exc}") from exc
         if result is not None and result.__class__ is not Basic.Ack:
             self._returned(message)
 
@@ -343,7 +343,7 @@ class RabbitMQBroker:
                     await channel.ready()
                     underlay = await channel.get_underlay_channel()
         except TimeoutError:
-            raise self._unavailable(topic, f"still reconnecting after {self.timeout:g}s") from None
+            raise self._unconfirmed(topic, f"still reconnecting after {self.timeout:g}s") from None
         if self._closed:
             raise ClosedError(f"cannot publish to {topic!r}: the broker is closed")
         if durable:
@@ -353,18 +353,22 @@ class RabbitMQBroker:
         return underlay
 
     async def _open_channel(self, topic: str, *, confirm: bool) -> AbstractRobustChannel:
-        if self._connection is None:
+        connection = self._connection
+        if connection is None:
             raise ClosedError(f"cannot use {topic!r}: the broker is closed")
         try:
-            return await self._channel(self._connection, confirm=confirm)
+            async with asyncio.timeout(self.timeout):
+                await connection.ready()  # while reconnecting, wait (up to timeout)
+            return await self._channel(connection, confirm=confirm)
         except (TimeoutError, RuntimeError, *_CONNECTION_ERRORS) as exc:
-            raise self._unavailable(topic, f"cannot open a channel: {exc}") from exc
+            why = f"{type(exc).__name__}: {exc}" if str(exc) else "reconnecting"
+            raise self._unavailable(f"cannot open a channel for {topic!r}", why) from exc
 
-    def _unavailable(self, topic: str, why: str) -> BrokerUnavailable:
-        return BrokerUnavailable(
-            f"RabbitMQ at {self._where} is unavailable; the message to {topic!r} was not "
-            f"confirmed ({why})"
-        )
+    def _unavailable(self, what: str, why: str) -> BrokerUnavailable:
+        return BrokerUnavailable(f"RabbitMQ at {self._where} is unavailable: {what} ({why})")
+
+    def _unconfirmed(self, topic: str, why: str) -> BrokerUnavailable:
+        return self._unavailable(f"the message to {topic!r} was not confirmed", why)
 
     def _returned(self, message: Message) -> None:
         topic = message.topic
@@ -418,7 +422,9 @@ class RabbitMQBroker:
                 )
                 await declared.bind(self.exchange, routing_key=topic, robust=False)
         except TimeoutError:
-            raise self._unavailable(topic, f"cannot declare {queue!r} in time") from None
+            raise self._unavailable(
+                f"cannot declare {queue!r}", f"no answer in {self.timeout:g}s"
+            ) from None
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise ConfigurationError(
                 f"queue {queue!r} exists on RabbitMQ with other settings ({exc}); delete it "
@@ -567,7 +573,9 @@ class RabbitMQBroker:
                 "was published to it"
             ) from None
         except TimeoutError:
-            raise self._unavailable(topic, "cannot look up its stream") from None
+            raise self._unavailable(
+                f"cannot look up the stream of {topic!r}", "no answer"
+            ) from None
         finally:
             with contextlib.suppress(Exception):
                 await probe.close()
@@ -603,7 +611,9 @@ class RabbitMQBroker:
                 )
                 if getter not in done:
                     getter.cancel()
-                    raise self._unavailable(topic, "the stream stopped delivering during replay")
+                    raise self._unavailable(
+                        f"the replay of {topic!r} stopped", "the stream delivers nothing more"
+                    )
                 delivered = getter.result()
                 frame: Basic.Deliver = delivered.delivery  # type: ignore[assignment]  # consumed
                 tag: int = frame.delivery_tag  # type: ignore[assignment]  # set on deliveries
