@@ -7,6 +7,7 @@ name in ``BROKERS`` (and, if it needs them, fast test settings in ``BROKER_OPTIO
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 
@@ -14,6 +15,7 @@ from eventbus import EventBus
 from eventbus.broker import Broker
 from eventbus.brokers import open_broker
 from tests.conftest import broker_url
+from tests.rabbitmq.cleanup import removing_queues
 
 BROKERS = ["memory", "rabbitmq"]
 """Adapters under test, by name; each resolves to a URL in tests/conftest.py."""
@@ -24,6 +26,23 @@ BROKER_OPTIONS: dict[str, dict[str, object]] = {
     "rabbitmq": {"streams": True, "stream_max_age": "1h", "reconnect_interval": 0.5},
 }
 """Adapter options for tests (e.g. short redelivery timeouts), by broker name."""
+
+CLEANUP: dict[str, Callable[[pytest.MonkeyPatch], AbstractAsyncContextManager[None]]] = {
+    "rabbitmq": removing_queues,
+}
+"""Per broker: wraps each test and removes what it left on the (shared) server."""
+
+
+@pytest.fixture(autouse=True)
+async def clean_up_the_server(
+    broker_name: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[None]:
+    cleanup = CLEANUP.get(broker_name)
+    if cleanup is None:
+        yield
+        return
+    async with cleanup(monkeypatch):
+        yield
 
 
 @pytest.fixture(params=BROKERS)

@@ -18,6 +18,7 @@ import aio_pika
 import pytest
 
 from tests.conftest import broker_url, reachable, unavailable
+from tests.rabbitmq.cleanup import removing_queues
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 
@@ -166,3 +167,10 @@ def private_node() -> Iterator[PrivateNode]:
     yield node
     node.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+async def clean_up_the_server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Delete the queues and streams each test's brokers declared."""
+    async with removing_queues(monkeypatch):
+        yield

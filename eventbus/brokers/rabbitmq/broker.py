@@ -130,6 +130,7 @@ class RabbitMQBroker:
         self._fast_underlay: AbstractChannel | None = None
         self._admin_channel: AbstractRobustChannel | None = None
         self._declared: dict[str, asyncio.Future[None]] = {}
+        self._queues: set[str] = set()
         self._unroutable: set[str] = set()
         self._subscriptions: set[RabbitMQSubscription] = set()
         self._inbox: RabbitMQInbox | None = None
@@ -232,6 +233,15 @@ class RabbitMQBroker:
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
+
+    @property
+    def queues(self) -> frozenset[str]:
+        """The durable queues this broker declared: groups, streams, dead-letter parking.
+
+        They outlive the broker on purpose (a group keeps its messages while its members
+        are away); tooling and test suites delete them with this list when done.
+        """
+        return frozenset(self._queues)
 
     def forget(self, sub: RabbitMQSubscription) -> None:
         """Drop a closed subscription from the broker's books (called by the subscription)."""
@@ -421,6 +431,7 @@ class RabbitMQBroker:
                     queue, durable=True, arguments=arguments, robust=False
                 )
                 await declared.bind(self.exchange, routing_key=topic, robust=False)
+                self._queues.add(queue)
         except TimeoutError:
             raise self._unavailable(
                 f"cannot declare {queue!r}", f"no answer in {self.timeout:g}s"
@@ -471,6 +482,8 @@ class RabbitMQBroker:
                         arguments=self.options.group_arguments() if durable else None,
                     )
                 await queue.bind(self.exchange, routing_key=topic)
+                if group is not None and durable:
+                    self._queues.add(name)
                 sub = RabbitMQSubscription(
                     self,
                     topic,
