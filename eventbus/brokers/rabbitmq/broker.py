@@ -34,6 +34,9 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
 from eventbus.broker import Capabilities, Handler
+from eventbus.brokers.rabbitmq.consumer import RabbitMQInbox, RabbitMQSubscription
+from eventbus.brokers.rabbitmq.options import BrokerOptions, subscribe_options, topic_matcher
+from eventbus.brokers.rabbitmq.wire import DIRECT_REPLY_TO, from_amqp, properties
 from eventbus.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -44,10 +47,6 @@ from eventbus.errors import (
     UndeliverableError,
 )
 from eventbus.message import DLQ_TOPIC, Message, new_id
-
-from .consumer import RabbitMQInbox, RabbitMQSubscription
-from .options import BrokerOptions, subscribe_options, topic_matcher
-from .wire import DIRECT_REPLY_TO, from_amqp, properties
 
 __all__ = ["DEAD_LETTER_GROUP", "RabbitMQBroker"]
 

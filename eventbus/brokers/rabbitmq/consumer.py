@@ -22,13 +22,12 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
 from eventbus.broker import Handler
+from eventbus.brokers.rabbitmq.wire import DIRECT_REPLY_TO, from_amqp
 from eventbus.dispatch import Dispatcher
 from eventbus.message import Message, new_id
 
-from .wire import DIRECT_REPLY_TO, from_amqp
-
 if TYPE_CHECKING:
-    from .broker import RabbitMQBroker
+    from eventbus.brokers.rabbitmq.broker import RabbitMQBroker
 
 __all__ = ["RabbitMQInbox", "RabbitMQSubscription"]
 
@@ -108,14 +107,23 @@ class RabbitMQSubscription:
 
     async def _on_reopen(self, _channel: object) -> None:
         # aio-pika has re-declared and re-bound the queue when this runs.
-        if not self._closed:
+        if self._closed:
+            return
+        try:
             await self._consume()
+        except Exception as exc:
+            log.warning("rabbitmq: cannot consume %r again yet: %s; retrying", self.queue, exc)
+            self._start_recovery()
+        else:
             log.info("rabbitmq: consuming %r again after the channel was restored", self.queue)
 
     def _on_cancelled(self, frame: Basic.Cancel) -> None:
         if frame.consumer_tag != self._tag or self._closed:
             return
         log.warning("rabbitmq: the broker cancelled the consumer of %r; re-subscribing", self.queue)
+        self._start_recovery()
+
+    def _start_recovery(self) -> None:
         if self._recovery is None or self._recovery.done():
             self._recovery = asyncio.create_task(self._recover())
 
