@@ -21,8 +21,8 @@ confirms, manual acks, the same prefetch):
 from __future__ import annotations
 
 import asyncio
-import logging
 import json
+import logging
 import statistics
 import time
 import uuid
