@@ -14,8 +14,11 @@ confirms, manual acks, the same prefetch):
   reply-to; requests per second and the p50/p99 latency of one request. The plain
   client's own reply loop is a consumer answering on the default exchange and a
   requester matching replies by correlation id. (FastStream serialises requests.)
-- without confirms: publishing transient messages without waiting for confirms
-  (eventbus ``durable=False``) against aio-pika on a channel without confirms.
+- no confirms: transient messages published without waiting for confirms (eventbus
+  ``durable=False``) against aio-pika on a channel without confirms.
+
+Each measurement runs for all contenders before the next one starts, so a change in
+the machine's load during the run shifts all of them alike.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import aio_pika
+from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
 from harness import Table, arguments, payload, timed
 
 from eventbus import EventBus
@@ -39,6 +43,8 @@ REQUESTERS = 64
 PREFETCH = 100
 """Unacknowledged messages per consumer, the same for all three."""
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+Figures = dict[str, float]
 
 
 async def pump(n: int, publish: Callable[[int], Awaitable[object]], window: int = WINDOW) -> None:
@@ -52,10 +58,22 @@ async def pump(n: int, publish: Callable[[int], Awaitable[object]], window: int 
     await asyncio.gather(*(worker() for _ in range(window)))
 
 
-async def requests(
-    total: int, call: Callable[[int], Awaitable[object]]
-) -> tuple[float, float, float]:
-    """Run ``total`` calls from `REQUESTERS` concurrent callers: (rps, p50 ms, p99 ms)."""
+async def rate(n: int, publish: Callable[[int], Awaitable[object]]) -> float:
+    return n / await timed(lambda: pump(n, publish))
+
+
+async def end_to_end(
+    n: int, publish: Callable[[int], Awaitable[object]], done: asyncio.Event
+) -> float:
+    async def run() -> None:
+        await pump(n, publish)
+        await done.wait()
+
+    return n / await timed(run)
+
+
+async def requests(total: int, call: Callable[[int], Awaitable[object]]) -> Figures:
+    """Run ``total`` calls from `REQUESTERS` concurrent callers: rps, p50 and p99 in ms."""
     samples: list[float] = []
 
     async def timed_call(i: int) -> None:
@@ -67,11 +85,29 @@ async def requests(
     samples.clear()
     seconds = await timed(lambda: pump(total, timed_call, REQUESTERS))
     samples.sort()
-    return total / seconds, statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+    return {
+        "request/reply": total / seconds,
+        "p50": statistics.median(samples),
+        "p99": samples[int(len(samples) * 0.99) - 1],
+    }
+
+
+class Counter:
+    """Counts handled messages and sets ``done`` at ``n``."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.handled = 0
+        self.done = asyncio.Event()
+
+    def __call__(self) -> None:
+        self.handled += 1
+        if self.handled == self.n:
+            self.done.set()
 
 
 class Admin:
-    """Declares and deletes the benchmark's queues with a plain connection."""
+    """Declares the benchmark's queues and deletes every one at the end."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -82,11 +118,13 @@ class Admin:
         self.channel = await self.connection.channel()
         return self
 
-    async def queue(self, name: str, exchange: str, topic: str) -> None:
+    async def queue(self, exchange: str, topic: str) -> str:
         await self.channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        name = f"{topic}.q"
         queue = await self.channel.declare_queue(name, durable=True)
         await queue.bind(exchange, routing_key=topic)
         self.queues.append(name)
+        return name
 
     async def __aexit__(self, *exc: object) -> None:
         for name in self.queues:
@@ -94,267 +132,249 @@ class Admin:
         await self.connection.close()
 
 
+def new_topic(what: str) -> str:
+    return f"bench.{uuid.uuid4().hex[:8]}.{what}"
+
+
 # -- plain aio-pika ---------------------------------------------------------------------
 
 
-async def plain(url: str, n: int, total_requests: int) -> dict[str, float]:
-    run = uuid.uuid4().hex[:8]
-    exchange_name = "bench-plain"
-    figures: dict[str, float] = {}
-    connection = await aio_pika.connect_robust(url)
-    channel = await connection.channel(publisher_confirms=True)
-    exchange = await channel.declare_exchange(
-        exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    payloads = [payload(i) for i in range(n)]
+class Plain:
+    """aio-pika used directly, as its documentation shows."""
 
-    async def publish(topic: str, i: int) -> None:
-        body = json.dumps(payloads[i]).encode()
-        message = aio_pika.Message(
-            body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+    exchange = "bench-plain"
+
+    def __init__(self, url: str, admin: Admin, payloads: list[dict[str, object]]) -> None:
+        self.url = url
+        self.admin = admin
+        self.payloads = payloads
+
+    async def _connect(
+        self, confirms: bool = True
+    ) -> tuple[aio_pika.abc.AbstractRobustConnection, aio_pika.abc.AbstractExchange]:
+        connection = await aio_pika.connect_robust(self.url)
+        channel = await connection.channel(publisher_confirms=confirms)
+        exchange = await channel.declare_exchange(
+            self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
-        await exchange.publish(message, routing_key=topic)
+        return connection, exchange
 
-    async with Admin(url) as admin:
-        topic = f"bench.{run}.publish"
-        await admin.queue(f"{topic}.q", exchange_name, topic)
-        seconds = await timed(lambda: pump(n, lambda i: publish(topic, i)))
-        figures["publish"] = n / seconds
+    def _publisher(
+        self, exchange: aio_pika.abc.AbstractExchange, topic: str, *, persistent: bool = True
+    ) -> Callable[[int], Awaitable[object]]:
+        mode = (
+            aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+        )
 
-        topic = f"bench.{run}.e2e"
-        consumer_channel = await connection.channel()
-        await consumer_channel.set_qos(prefetch_count=PREFETCH)
-        queue = await consumer_channel.declare_queue(f"{topic}.q", durable=True)
-        await queue.bind(exchange_name, routing_key=topic)
-        admin.queues.append(queue.name)
-        handled = 0
-        done = asyncio.Event()
+        async def publish(i: int) -> None:
+            body = json.dumps(self.payloads[i]).encode()
+            message = aio_pika.Message(body, content_type="application/json", delivery_mode=mode)
+            await exchange.publish(message, routing_key=topic)
+
+        return publish
+
+    async def publish(self, n: int) -> Figures:
+        topic = new_topic("publish")
+        await self.admin.queue(self.exchange, topic)
+        connection, exchange = await self._connect()
+        figures = {"publish": await rate(n, self._publisher(exchange, topic))}
+        await connection.close()
+        return figures
+
+    async def end_to_end(self, n: int) -> Figures:
+        topic = new_topic("e2e")
+        name = await self.admin.queue(self.exchange, topic)
+        connection, exchange = await self._connect()
+        consumer = await connection.channel()
+        await consumer.set_qos(prefetch_count=PREFETCH)
+        queue = await consumer.get_queue(name)
+        count = Counter(n)
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            nonlocal handled
             json.loads(message.body)
             await message.ack()
-            handled += 1
-            if handled == n:
-                done.set()
+            count()
 
         await queue.consume(on_message)
+        figures = {"end-to-end": await end_to_end(n, self._publisher(exchange, topic), count.done)}
+        await connection.close()
+        return figures
 
-        async def end_to_end() -> None:
-            await pump(n, lambda i: publish(topic, i))
-            await done.wait()
+    async def request_reply(self, total: int) -> Figures:
+        topic = new_topic("rpc")
+        connection, _ = await self._connect()
+        server = await connection.channel()
+        await server.set_qos(prefetch_count=PREFETCH)
+        queue = await server.declare_queue(f"{topic}.server", auto_delete=True)
+        await queue.bind(self.exchange, routing_key=topic)
 
-        figures["end-to-end"] = n / await timed(end_to_end)
-        await consumer_channel.close()
+        async def answer(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            request = json.loads(message.body)
+            reply = json.dumps({"id": request["id"], "ok": True}).encode()
+            await server.default_exchange.publish(
+                aio_pika.Message(
+                    reply, content_type="application/json", correlation_id=message.correlation_id
+                ),
+                routing_key=message.reply_to or "",
+            )
+            await message.ack()
 
-        rps, p50, p99 = await plain_rpc(connection, exchange, run, total_requests)
-        figures.update({"request/reply": rps, "p50": p50, "p99": p99})
+        await queue.consume(answer)
+        client = await connection.channel()  # requests and their replies share this channel
+        pending: dict[str, asyncio.Future[bytes]] = {}
 
-        topic = f"bench.{run}.fast"
-        await admin.queue(f"{topic}.q", exchange_name, topic)
-        fast_channel = await connection.channel(publisher_confirms=False)
-        fast = await fast_channel.get_exchange(exchange_name)
+        async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            future = pending.pop(message.correlation_id or "", None)
+            if future is not None and not future.done():
+                future.set_result(message.body)
 
-        async def publish_fast(i: int) -> None:
-            body = json.dumps(payloads[i]).encode()
-            await fast.publish(aio_pika.Message(body, content_type="application/json"), topic)
+        reply_queue = await client.get_queue("amq.rabbitmq.reply-to", ensure=False)
+        await reply_queue.consume(on_reply, no_ack=True)
+        requests_exchange = await client.get_exchange(self.exchange)
 
-        figures["no confirms"] = n / await timed(lambda: pump(n, publish_fast))
-    await connection.close()
-    return figures
+        async def call(i: int) -> object:
+            correlation_id = uuid.uuid4().hex
+            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            pending[correlation_id] = future
+            await requests_exchange.publish(
+                aio_pika.Message(
+                    json.dumps(payload(i)).encode(),
+                    content_type="application/json",
+                    correlation_id=correlation_id,
+                    reply_to="amq.rabbitmq.reply-to",
+                ),
+                routing_key=topic,
+            )
+            return json.loads(await asyncio.wait_for(future, 10))
 
+        figures = await requests(total, call)
+        await connection.close()
+        return figures
 
-async def plain_rpc(
-    connection: aio_pika.abc.AbstractRobustConnection,
-    exchange: aio_pika.abc.AbstractExchange,
-    run: str,
-    total: int,
-) -> tuple[float, float, float]:
-    topic = f"bench.{run}.rpc"
-    server = await connection.channel()
-    await server.set_qos(prefetch_count=PREFETCH)
-    queue = await server.declare_queue(f"{topic}.server", auto_delete=True)
-    await queue.bind(exchange.name, routing_key=topic)
-
-    async def answer(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        request = json.loads(message.body)
-        reply = json.dumps({"id": request["id"], "ok": True}).encode()
-        await server.default_exchange.publish(
-            aio_pika.Message(
-                reply, content_type="application/json", correlation_id=message.correlation_id
-            ),
-            routing_key=message.reply_to or "",
-        )
-        await message.ack()
-
-    await queue.consume(answer)
-    client = await connection.channel()  # requests and their replies share this channel
-    pending: dict[str, asyncio.Future[bytes]] = {}
-
-    async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        future = pending.pop(message.correlation_id or "", None)
-        if future is not None and not future.done():
-            future.set_result(message.body)
-
-    reply_queue = await client.get_queue("amq.rabbitmq.reply-to", ensure=False)
-    await reply_queue.consume(on_reply, no_ack=True)
-    client_exchange = await client.get_exchange(exchange.name)
-
-    async def call(i: int) -> object:
-        correlation_id = uuid.uuid4().hex
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        pending[correlation_id] = future
-        body = json.dumps(payload(i)).encode()
-        await client_exchange.publish(
-            aio_pika.Message(
-                body,
-                content_type="application/json",
-                correlation_id=correlation_id,
-                reply_to="amq.rabbitmq.reply-to",
-            ),
-            routing_key=topic,
-        )
-        return json.loads(await asyncio.wait_for(future, 10))
-
-    result = await requests(total, call)
-    await client.close()
-    await server.close()
-    return result
+    async def no_confirms(self, n: int) -> Figures:
+        topic = new_topic("fast")
+        await self.admin.queue(self.exchange, topic)
+        connection, exchange = await self._connect(confirms=False)
+        publish = self._publisher(exchange, topic, persistent=False)
+        figures = {"no confirms": await rate(n, publish)}
+        await connection.close()
+        return figures
 
 
 # -- eventbus ---------------------------------------------------------------------------
 
 
-async def eventbus(url: str, n: int, total_requests: int) -> dict[str, float]:
-    run = uuid.uuid4().hex[:8]
-    figures: dict[str, float] = {}
-    payloads = [payload(i) for i in range(n)]
-    async with Admin(url) as admin:
-        topic = f"bench.{run}.publish"
-        await admin.queue(f"{topic}.q", "eventbus", topic)
-        bus = EventBus(url)
+class Eventbus:
+    """eventbus with its defaults (persistent messages, confirms), typed handlers."""
+
+    def __init__(self, url: str, admin: Admin, payloads: list[dict[str, object]]) -> None:
+        self.url = url
+        self.admin = admin
+        self.payloads = payloads
+
+    async def publish(self, n: int) -> Figures:
+        topic = new_topic("publish")
+        await self.admin.queue("eventbus", topic)
+        bus = EventBus(self.url)
         publisher = bus.publisher(topic)
         async with bus:
-            seconds = await timed(lambda: pump(n, lambda i: publisher.publish(payloads[i])))
-            figures["publish"] = n / seconds
+            return {"publish": await rate(n, lambda i: publisher.publish(self.payloads[i]))}
 
-        topic = f"bench.{run}.e2e"
-        bus = EventBus(url)
-        handled = 0
-        done = asyncio.Event()
+    async def end_to_end(self, n: int) -> Figures:
+        topic = new_topic("e2e")
+        bus = EventBus(self.url)
+        count = Counter(n)
 
         @bus.subscriber(topic, group="bench", prefetch=PREFETCH)
         async def on_reading(reading: dict[str, object]) -> None:
-            nonlocal handled
-            handled += 1
-            if handled == n:
-                done.set()
+            count()
 
-        admin.queues.append(f"{topic}.bench")
+        self.admin.queues.append(f"{topic}.bench")
         publisher = bus.publisher(topic)
         async with bus:
+            publish = lambda i: publisher.publish(self.payloads[i])  # noqa: E731
+            return {"end-to-end": await end_to_end(n, publish, count.done)}
 
-            async def end_to_end() -> None:
-                await pump(n, lambda i: publisher.publish(payloads[i]))
-                await done.wait()
-
-            figures["end-to-end"] = n / await timed(end_to_end)
-
-        topic = f"bench.{run}.rpc"
-        server, client = EventBus(url), EventBus(url)
+    async def request_reply(self, total: int) -> Figures:
+        topic = new_topic("rpc")
+        server, client = EventBus(self.url), EventBus(self.url)
 
         @server.subscriber(topic, group="rpc", concurrency=REQUESTERS, prefetch=PREFETCH)
         async def answer(request: dict[str, object]) -> dict[str, object]:
             return {"id": request["id"], "ok": True}
 
-        admin.queues.append(f"{topic}.rpc")
+        self.admin.queues.append(f"{topic}.rpc")
         async with server, client:
-            rps, p50, p99 = await requests(
-                total_requests, lambda i: client.request(topic, payload(i), timeout=10)
-            )
-        figures.update({"request/reply": rps, "p50": p50, "p99": p99})
+            return await requests(total, lambda i: client.request(topic, payload(i), timeout=10))
 
-        topic = f"bench.{run}.fast"
-        await admin.queue(f"{topic}.q", "eventbus", topic)
-        bus = EventBus(url)
+    async def no_confirms(self, n: int) -> Figures:
+        topic = new_topic("fast")
+        await self.admin.queue("eventbus", topic)
+        bus = EventBus(self.url)
         fast = bus.publisher(topic, durable=False)
         async with bus:
-            figures["no confirms"] = n / await timed(
-                lambda: pump(n, lambda i: fast.publish(payloads[i]))
-            )
-    return figures
+            return {"no confirms": await rate(n, lambda i: fast.publish(self.payloads[i]))}
 
 
 # -- FastStream -------------------------------------------------------------------------
 
 
-async def faststream(url: str, n: int, total_requests: int) -> dict[str, float]:
-    from faststream.rabbit import (
-        Channel,
-        ExchangeType,
-        RabbitBroker,
-        RabbitExchange,
-        RabbitQueue,
-    )
+class Faststream:
+    """FastStream's RabbitBroker with persistent messages and the same prefetch."""
 
-    run = uuid.uuid4().hex[:8]
-    figures: dict[str, float] = {}
-    exchange = RabbitExchange("bench-faststream", type=ExchangeType.TOPIC, durable=True)
-    payloads = [payload(i) for i in range(n)]
-    async with Admin(url) as admin:
-        topic = f"bench.{run}.publish"
-        await admin.queue(f"{topic}.q", exchange.name, topic)
-        broker = RabbitBroker(url, log_level=logging.DEBUG)
-        publisher = broker.publisher(topic, exchange, persist=True)
+    def __init__(self, url: str, admin: Admin, payloads: list[dict[str, object]]) -> None:
+        self.url = url
+        self.admin = admin
+        self.payloads = payloads
+        self.exchange = RabbitExchange("bench-faststream", type=ExchangeType.TOPIC, durable=True)
+
+    def _broker(self) -> RabbitBroker:
+        return RabbitBroker(self.url, log_level=logging.DEBUG)
+
+    async def publish(self, n: int) -> Figures:
+        topic = new_topic("publish")
+        await self.admin.queue(self.exchange.name, topic)
+        broker = self._broker()
+        publisher = broker.publisher(topic, self.exchange, persist=True)
         async with broker:
             await broker.start()
-            seconds = await timed(lambda: pump(n, lambda i: publisher.publish(payloads[i])))
-            figures["publish"] = n / seconds
+            return {"publish": await rate(n, lambda i: publisher.publish(self.payloads[i]))}
 
-        topic = f"bench.{run}.e2e"
-        broker = RabbitBroker(url, log_level=logging.DEBUG)
-        handled = 0
-        done = asyncio.Event()
+    async def end_to_end(self, n: int) -> Figures:
+        topic = new_topic("e2e")
+        broker = self._broker()
+        count = Counter(n)
         queue = RabbitQueue(f"{topic}.q", durable=True, routing_key=topic)
 
-        @broker.subscriber(queue, exchange, channel=Channel(prefetch_count=PREFETCH))
+        @broker.subscriber(queue, self.exchange, channel=Channel(prefetch_count=PREFETCH))
         async def on_reading(reading: dict[str, object]) -> None:
-            nonlocal handled
-            handled += 1
-            if handled == n:
-                done.set()
+            count()
 
-        admin.queues.append(queue.name)
-        publisher = broker.publisher(topic, exchange, persist=True)
+        self.admin.queues.append(queue.name)
+        publisher = broker.publisher(topic, self.exchange, persist=True)
         async with broker:
             await broker.start()
+            publish = lambda i: publisher.publish(self.payloads[i])  # noqa: E731
+            return {"end-to-end": await end_to_end(n, publish, count.done)}
 
-            async def end_to_end() -> None:
-                await pump(n, lambda i: publisher.publish(payloads[i]))
-                await done.wait()
-
-            figures["end-to-end"] = n / await timed(end_to_end)
-
-        topic = f"bench.{run}.rpc"
-        broker = RabbitBroker(url, log_level=logging.DEBUG)
+    async def request_reply(self, total: int) -> Figures:
+        topic = new_topic("rpc")
+        broker = self._broker()
         queue = RabbitQueue(f"{topic}.q", auto_delete=True, routing_key=topic)
 
-        @broker.subscriber(queue, exchange, channel=Channel(prefetch_count=PREFETCH))
+        @broker.subscriber(queue, self.exchange, channel=Channel(prefetch_count=PREFETCH))
         async def answer(request: dict[str, object]) -> dict[str, object]:
             return {"id": request["id"], "ok": True}
 
+        async def call(i: int) -> object:
+            # To the queue through the default exchange: FastStream's request through a
+            # custom exchange publishes on a channel without the reply consumer.
+            reply = await broker.request(payload(i), queue.name, timeout=10)
+            return json.loads(reply.body)
+
         async with broker:
             await broker.start()
-
-            async def call(i: int) -> object:
-                # To the queue through the default exchange: FastStream's request through a
-                # custom exchange publishes on a channel without the reply consumer.
-                reply = await broker.request(payload(i), queue.name, timeout=10)
-                return json.loads(reply.body)
-
-            rps, p50, p99 = await requests(total_requests, call)
-        figures.update({"request/reply": rps, "p50": p50, "p99": p99})
-    return figures
+            return await requests(total, call)
 
 
 async def main() -> None:
@@ -375,15 +395,24 @@ async def main() -> None:
         f"RabbitMQ, {args.n:,} x 256-byte JSON, transient, without confirms",
         {"no confirms": "rate"},
     )
-    for name, contender in (
-        ("aio-pika (plain)", plain),
-        ("eventbus", eventbus),
-        ("FastStream", faststream),
-    ):
-        figures = await contender(url, args.n, args.requests)
-        table.add(name, **figures)
-        if "no confirms" in figures:
-            fast.add(name, **{"no confirms": figures["no confirms"]})
+    payloads = [payload(i) for i in range(args.n)]
+    async with Admin(url) as admin:
+        contenders = {
+            "aio-pika (plain)": Plain(url, admin, payloads),
+            "eventbus": Eventbus(url, admin, payloads),
+            "FastStream": Faststream(url, admin, payloads),
+        }
+        figures: dict[str, Figures] = {name: {} for name in contenders}
+        for section in ("publish", "end_to_end", "request_reply", "no_confirms"):
+            for name, contender in contenders.items():
+                measure = getattr(contender, section, None)
+                if measure is not None:
+                    size = args.requests if section == "request_reply" else args.n
+                    figures[name].update(await measure(size))
+    for name, values in figures.items():
+        table.add(name, **{k: v for k, v in values.items() if k != "no confirms"})
+        if "no confirms" in values:
+            fast.add(name, **{"no confirms": values["no confirms"]})
     print(table.render())
     print()
     print(fast.render())
