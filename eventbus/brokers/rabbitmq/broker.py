@@ -60,6 +60,7 @@ _REPLAY_MARKER = "x-eventbus-replay-end"
 _REPLAY_PREFETCH = 1000
 _CLOCK_SKEW = timedelta(seconds=10)
 _REOPEN_POLL = 0.05
+_PREPARED_MAX = 100_000
 _CHANNEL_ERRORS = (aiormq.exceptions.AMQPChannelError,)
 _CONNECTION_ERRORS = (
     aiormq.exceptions.AMQPConnectionError,
@@ -130,6 +131,7 @@ class RabbitMQBroker:
         self._admin_channel: AbstractRobustChannel | None = None
         self._declared: dict[str, asyncio.Future[None]] = {}
         self._queues: set[str] = set()
+        self._prepared: set[str] = set()
         self._unroutable: set[str] = set()
         self._subscriptions: set[RabbitMQSubscription] = set()
         self._inbox: RabbitMQInbox | None = None
@@ -299,8 +301,10 @@ class RabbitMQBroker:
                 mandatory = False
         else:
             exchange = self.exchange
-            if self._is_stream_topic(topic) or DLQ_TOPIC in message.headers:
-                await self._prepare(message)
+            if topic not in self._prepared:
+                await self._prepare(topic)
+            if DLQ_TOPIC in message.headers:
+                await self._declare_once(f"{topic}.{DEAD_LETTER_GROUP}", topic, stream=False)
         try:
             result = await underlay.basic_publish(
                 message.body,
@@ -393,29 +397,40 @@ class RabbitMQBroker:
                 topic,
             )
 
-    async def _prepare(self, message: Message) -> None:
-        """Declare what a topic needs before its first message: its stream, a parking queue."""
-        topic = message.topic
+    async def _prepare(self, topic: str) -> None:
+        """Declare the topic's stream before its first message, if it has one."""
         if self._is_stream_topic(topic):
             await self._declare_once(self._stream_queue(topic), topic, stream=True)
-        if DLQ_TOPIC in message.headers:
-            await self._declare_once(f"{topic}.{DEAD_LETTER_GROUP}", topic, stream=False)
+        if len(self._prepared) >= _PREPARED_MAX:
+            self._prepared.clear()  # bounded: forgetting only costs a lookup again
+        self._prepared.add(topic)
 
     def _stream_queue(self, topic: str) -> str:
         return f"{topic}:stream"
 
     async def _declare_once(self, queue: str, topic: str, *, stream: bool) -> None:
+        """Declare ``queue`` once per broker; concurrent callers share the first one's outcome."""
         found = self._declared.get(queue)
-        if found is not None and (not found.done() or found.exception() is None):
-            await asyncio.shield(found)
+        while found is not None:
+            if not found.done():
+                await asyncio.wait((found,))
+            if found.cancelled():  # its declarer was cancelled: declare it here instead
+                found = self._declared.get(queue)
+                continue
+            error = found.exception()
+            if error is not None:
+                raise error
             return
         future = self._declared[queue] = asyncio.get_running_loop().create_future()
         try:
             await self._declare(queue, topic, stream=stream)
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: a later call retries
-            self._declared.pop(queue, None)
+            self._declared.pop(queue, None)  # a later call tries again
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+                future.exception()  # retrieved, even when nobody waits
+            else:
+                future.cancel()
             raise
         future.set_result(None)
 
