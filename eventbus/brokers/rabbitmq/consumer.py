@@ -2,7 +2,9 @@
 
 Deliveries are taken from aio-pika's underlying aiormq channel: one `Dispatcher` per
 subscription runs the handler on ``concurrency`` workers, without aio-pika's
-``IncomingMessage`` and the extra task it starts per message. Because that bypasses
+``IncomingMessage`` and the extra task it starts per message (aiormq itself still runs
+each delivery callback as a task; ours only hands the delivery to the dispatcher).
+Because that bypasses
 aio-pika's own consumer bookkeeping, each consumer re-registers itself when its robust
 channel is reopened (after a reconnect or a channel error) and when RabbitMQ cancels
 it (the queue was deleted): a consumer that silently stays away after a broker restart
