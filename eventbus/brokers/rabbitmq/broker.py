@@ -23,20 +23,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
-from aiormq.abc import AbstractChannel, DeliveredMessage
+from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
 
 from eventbus.broker import Capabilities, Handler
 from eventbus.brokers.rabbitmq.consumer import RabbitMQInbox, RabbitMQSubscription
-from eventbus.brokers.rabbitmq.options import BrokerOptions, subscribe_options, topic_matcher
-from eventbus.brokers.rabbitmq.wire import DIRECT_REPLY_TO, from_amqp, properties
+from eventbus.brokers.rabbitmq.options import BrokerOptions, publish_durable, subscribe_options
+from eventbus.brokers.rabbitmq.replay import StreamReader, StreamStopped
+from eventbus.brokers.rabbitmq.topology import DEAD_LETTER_GROUP, Topology
+from eventbus.brokers.rabbitmq.wire import DIRECT_REPLY_TO, properties
 from eventbus.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -52,15 +53,8 @@ __all__ = ["DEAD_LETTER_GROUP", "RabbitMQBroker"]
 
 log = logging.getLogger("eventbus")
 
-DEAD_LETTER_GROUP = "parked"
-"""Dead-letter records wait in the group queue ``<topic>.dlq.parked`` until read."""
-
 _GRACE = 10.0
-_REPLAY_MARKER = "x-eventbus-replay-end"
-_REPLAY_PREFETCH = 1000
-_CLOCK_SKEW = timedelta(seconds=10)
 _REOPEN_POLL = 0.05
-_PREPARED_MAX = 100_000
 _CHANNEL_ERRORS = (aiormq.exceptions.AMQPChannelError,)
 _CONNECTION_ERRORS = (
     aiormq.exceptions.AMQPConnectionError,
@@ -121,17 +115,13 @@ class RabbitMQBroker:
             retains=self.options.streams is True, ordered_by_key=False, durable_groups=True
         )
         self._where = f"{parts.scheme}://{parts.hostname or 'localhost'}:{parts.port or 5672}"
-        self._is_stream_topic = topic_matcher(self.options.streams)
+        self._topology = Topology(self.options, where=self._where)
         self._connection: AbstractRobustConnection | None = None
         self._connecting: asyncio.Lock | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._publish_underlay: AbstractChannel | None = None
         self._fast_channel: AbstractRobustChannel | None = None
         self._fast_underlay: AbstractChannel | None = None
-        self._admin_channel: AbstractRobustChannel | None = None
-        self._declared: dict[str, asyncio.Future[None]] = {}
-        self._queues: set[str] = set()
-        self._prepared: set[str] = set()
         self._unroutable: set[str] = set()
         self._subscriptions: set[RabbitMQSubscription] = set()
         self._inbox: RabbitMQInbox | None = None
@@ -197,7 +187,7 @@ class RabbitMQBroker:
                 ) from exc
             publish.reopen_callbacks.add(self._on_publish_reopen)
             self._publish_underlay = await publish.get_underlay_channel()
-            self._admin_channel = await self._channel(connection, confirm=False)
+            self._topology.channel = await self._channel(connection, confirm=False)
         except BaseException:
             await connection.close()
             raise
@@ -242,7 +232,7 @@ class RabbitMQBroker:
         They outlive the broker on purpose (a group keeps its messages while its members
         are away); tooling and test suites delete them with this list when done.
         """
-        return frozenset(self._queues)
+        return frozenset(self._topology.queues)
 
     def forget(self, sub: RabbitMQSubscription) -> None:
         """Drop a closed subscription from the broker's books (called by the subscription)."""
@@ -276,7 +266,7 @@ class RabbitMQBroker:
         """
         confirmed = persistent = True
         if options:
-            confirmed = persistent = _publish_durable(options)
+            confirmed = persistent = publish_durable(options)
         if message.reply_to is not None:
             # A request is worthless after its caller's deadline: never written to disk.
             persistent = False
@@ -301,10 +291,10 @@ class RabbitMQBroker:
                 mandatory = False
         else:
             exchange = self.exchange
-            if topic not in self._prepared:
-                await self._prepare(topic)
+            if topic not in self._topology.prepared:
+                await self._topology.prepare(topic)
             if DLQ_TOPIC in message.headers:
-                await self._declare_once(f"{topic}.{DEAD_LETTER_GROUP}", topic, stream=False)
+                await self._topology.park(topic)
         try:
             result = await underlay.basic_publish(
                 message.body,
@@ -397,65 +387,6 @@ class RabbitMQBroker:
                 topic,
             )
 
-    async def _prepare(self, topic: str) -> None:
-        """Declare the topic's stream before its first message, if it has one."""
-        if self._is_stream_topic(topic):
-            await self._declare_once(self._stream_queue(topic), topic, stream=True)
-        if len(self._prepared) >= _PREPARED_MAX:
-            self._prepared.clear()  # bounded: forgetting only costs a lookup again
-        self._prepared.add(topic)
-
-    def _stream_queue(self, topic: str) -> str:
-        return f"{topic}:stream"
-
-    async def _declare_once(self, queue: str, topic: str, *, stream: bool) -> None:
-        """Declare ``queue`` once per broker; concurrent callers share the first one's outcome."""
-        found = self._declared.get(queue)
-        while found is not None:
-            if not found.done():
-                await asyncio.wait((found,))
-            if found.cancelled():  # its declarer was cancelled: declare it here instead
-                found = self._declared.get(queue)
-                continue
-            error = found.exception()
-            if error is not None:
-                raise error
-            return
-        future = self._declared[queue] = asyncio.get_running_loop().create_future()
-        try:
-            await self._declare(queue, topic, stream=stream)
-        except BaseException as exc:
-            self._declared.pop(queue, None)  # a later call tries again
-            if isinstance(exc, Exception):
-                future.set_exception(exc)
-                future.exception()  # retrieved, even when nobody waits
-            else:
-                future.cancel()
-            raise
-        future.set_result(None)
-
-    async def _declare(self, queue: str, topic: str, *, stream: bool) -> None:
-        channel = self._admin_channel
-        if channel is None:
-            raise ClosedError(f"cannot use {topic!r}: the broker is closed")
-        arguments = self.options.stream_arguments() if stream else self.options.group_arguments()
-        try:
-            async with asyncio.timeout(self.timeout):
-                declared = await channel.declare_queue(
-                    queue, durable=True, arguments=arguments, robust=False
-                )
-                await declared.bind(self.exchange, routing_key=topic, robust=False)
-                self._queues.add(queue)
-        except TimeoutError:
-            raise self._unavailable(
-                f"cannot declare {queue!r}", f"no answer in {self.timeout:g}s"
-            ) from None
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            raise ConfigurationError(
-                f"queue {queue!r} exists on RabbitMQ with other settings ({exc}); delete it "
-                "or use the settings it was created with"
-            ) from exc
-
     # -- subscribing -------------------------------------------------------------------
 
     async def subscribe(
@@ -479,8 +410,8 @@ class RabbitMQBroker:
         if group is not None and not group:
             raise ConfigurationError("group must be a non-empty name or None (fan-out)")
         await self.connect()
-        if self._is_stream_topic(topic):
-            await self._declare_once(self._stream_queue(topic), topic, stream=True)
+        if topic not in self._topology.prepared:
+            await self._topology.prepare(topic)
         channel = await self._open_channel(topic, confirm=False)
         name = f"{topic}.{group}" if group is not None else f"{topic}:fanout:{new_id()}"
         try:
@@ -497,7 +428,7 @@ class RabbitMQBroker:
                     )
                 await queue.bind(self.exchange, routing_key=topic)
                 if group is not None and durable:
-                    self._queues.add(name)
+                    self._topology.queues.add(name)
                 sub = RabbitMQSubscription(
                     self,
                     topic,
@@ -572,26 +503,17 @@ class RabbitMQBroker:
             TopicNotFound: its stream does not exist yet (nothing was published).
             BrokerUnavailable: RabbitMQ cannot be reached.
         """
-        if not self._is_stream_topic(topic):
+        if not self._topology.has_stream(topic):
             raise ReplayNotSupported(
                 f"topic {topic!r} has no stream on RabbitMQ, so nothing is retained to "
                 "replay; enable one with RabbitMQBroker(..., streams=True) or "
                 f"streams=[{topic!r}] (an AMQP topic pattern)"
             )
         await self.connect()
-        queue = self._stream_queue(topic)
-        channel = await self._open_channel(topic, confirm=True)
-        try:
-            await self._check_stream(channel, queue, topic)
-            async for message in self._read_stream(channel, queue, topic, since):
-                yield message
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
-
-    async def _check_stream(self, channel: AbstractRobustChannel, queue: str, topic: str) -> None:
+        queue = Topology.stream_queue(topic)
         probe = await self._open_channel(topic, confirm=False)
         try:
+            # A missing queue closes the channel that asked: ask on a throwaway one.
             async with asyncio.timeout(self.timeout):
                 await probe.declare_queue(queue, passive=True, robust=False)
         except aiormq.exceptions.ChannelNotFoundEntity:
@@ -606,64 +528,13 @@ class RabbitMQBroker:
         finally:
             with contextlib.suppress(Exception):
                 await probe.close()
-
-    async def _read_stream(
-        self, channel: AbstractRobustChannel, queue: str, topic: str, since: datetime | None
-    ) -> AsyncIterator[Message]:
-        underlay = await channel.get_underlay_channel()
-        # The stream's end when the replay begins: a marker appended after every
-        # message confirmed so far (streams tell AMQP clients neither length nor end).
-        marker = new_id()
-        await underlay.basic_publish(
-            b"",
-            exchange="",
-            routing_key=queue,
-            properties=Basic.Properties(headers={_REPLAY_MARKER: marker}, delivery_mode=2),
-            timeout=self.timeout,
-        )
-        await underlay.basic_qos(prefetch_count=_REPLAY_PREFETCH)
-        offset: Any = "first" if since is None else since - _CLOCK_SKEW
-        deliveries: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
-
-        async def take(delivered: DeliveredMessage) -> None:
-            deliveries.put_nowait(delivered)
-
-        await underlay.basic_consume(queue, take, arguments={"x-stream-offset": offset})
-        closed = asyncio.ensure_future(underlay.closing)
+        channel = await self._open_channel(topic, confirm=True)
         try:
-            while True:
-                getter = asyncio.ensure_future(deliveries.get())
-                done, _ = await asyncio.wait(
-                    (getter, closed), timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                if getter not in done:
-                    getter.cancel()
-                    raise self._unavailable(
-                        f"the replay of {topic!r} stopped", "the stream delivers nothing more"
-                    )
-                delivered = getter.result()
-                frame: Basic.Deliver = delivered.delivery  # type: ignore[assignment]  # consumed
-                tag: int = frame.delivery_tag  # type: ignore[assignment]  # set on deliveries
-                await underlay.basic_ack(tag, wait=False)
-                headers = delivered.header.properties.headers or {}
-                if _REPLAY_MARKER in headers:
-                    if headers[_REPLAY_MARKER] == marker:
-                        return
-                    continue  # another replay's marker
-                message = from_amqp(topic, delivered)
-                if since is None or message.time >= since:
-                    yield message
+            reader = StreamReader(channel, queue, topic, since, timeout=self.timeout)
+            async for message in reader.messages():
+                yield message
+        except StreamStopped as exc:
+            raise self._unavailable(f"the replay of {topic!r} stopped", str(exc)) from None
         finally:
-            closed.cancel()
-
-
-def _publish_durable(options: dict[str, object]) -> bool:
-    unknown = sorted(set(options) - {"durable"})
-    if unknown:
-        raise ConfigurationError(
-            f"unknown publish option(s) {', '.join(unknown)} for amqp://; it takes: durable"
-        )
-    durable = options["durable"]
-    if not isinstance(durable, bool):
-        raise ConfigurationError(f"durable must be True or False, not {durable!r}")
-    return durable
+            with contextlib.suppress(Exception):
+                await channel.close()

@@ -10,7 +10,7 @@ from typing import Any
 
 from eventbus.errors import ConfigurationError
 
-__all__ = ["BrokerOptions", "subscribe_options", "topic_matcher"]
+__all__ = ["BrokerOptions", "publish_durable", "subscribe_options", "topic_matcher"]
 
 _QUEUE_TYPES = ("classic", "quorum")
 _SUBSCRIBE_OPTIONS = ("concurrency", "durable", "prefetch")
@@ -128,6 +128,23 @@ def subscribe_options(options: dict[str, object]) -> tuple[int, bool, int]:
     if prefetch > 65535:
         raise ConfigurationError(f"prefetch must be at most 65535 (AMQP), not {prefetch}")
     return concurrency, durable, prefetch
+
+
+def publish_durable(options: dict[str, object]) -> bool:
+    """Check a publish's options; return its ``durable`` flag.
+
+    Raises:
+        ConfigurationError: an unknown option or a bad value.
+    """
+    unknown = sorted(set(options) - {"durable"})
+    if unknown:
+        raise ConfigurationError(
+            f"unknown publish option(s) {', '.join(unknown)} for amqp://; it takes: durable"
+        )
+    durable = options["durable"]
+    if not isinstance(durable, bool):
+        raise ConfigurationError(f"durable must be True or False, not {durable!r}")
+    return durable
 
 
 def topic_matcher(streams: bool | tuple[str, ...]) -> Callable[[str], bool]:
