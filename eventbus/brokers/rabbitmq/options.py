@@ -136,12 +136,14 @@ def publish_durable(options: dict[str, object]) -> bool:
     Raises:
         ConfigurationError: an unknown option or a bad value.
     """
+    durable = options.get("durable")
+    if durable.__class__ is bool and len(options) == 1:
+        return bool(durable)  # the per-message path: no allocation
     unknown = sorted(set(options) - {"durable"})
     if unknown:
         raise ConfigurationError(
             f"unknown publish option(s) {', '.join(unknown)} for amqp://; it takes: durable"
         )
-    durable = options["durable"]
     if not isinstance(durable, bool):
         raise ConfigurationError(f"durable must be True or False, not {durable!r}")
     return durable
