@@ -6,7 +6,7 @@ name in ``BROKERS`` (and, if it needs them, fast test settings in ``BROKER_OPTIO
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 
 import pytest
@@ -15,7 +15,7 @@ from eventbus import EventBus
 from eventbus.broker import Broker
 from eventbus.brokers import open_broker
 from tests.conftest import broker_url
-from tests.rabbitmq.cleanup import removing_queues
+from tests.rabbitmq.cleanup import removing_queues, sweep
 
 BROKERS = ["memory", "rabbitmq"]
 """Adapters under test, by name; each resolves to a URL in tests/conftest.py."""
@@ -27,22 +27,32 @@ BROKER_OPTIONS: dict[str, dict[str, object]] = {
 }
 """Adapter options for tests (e.g. short redelivery timeouts), by broker name."""
 
-CLEANUP: dict[str, Callable[[pytest.MonkeyPatch], AbstractAsyncContextManager[None]]] = {
+CLEANUP: dict[str, Callable[..., AbstractAsyncContextManager[None]]] = {
     "rabbitmq": removing_queues,
 }
-"""Per broker: wraps each test and removes what it left on the (shared) server."""
+"""Per broker: ``cleanup(monkeypatch, url, topic)`` wraps each test and removes what it
+left on the (shared) server; ``SWEEP`` runs once at the end of the session."""
+
+SWEEP: dict[str, Callable[[], None]] = {"rabbitmq": sweep}
 
 
 @pytest.fixture(autouse=True)
 async def clean_up_the_server(
-    broker_name: str, monkeypatch: pytest.MonkeyPatch
+    broker_name: str, url: str, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[None]:
     cleanup = CLEANUP.get(broker_name)
     if cleanup is None:
         yield
         return
-    async with cleanup(monkeypatch):
+    async with cleanup(monkeypatch, url, topic):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_the_servers() -> Iterator[None]:
+    yield
+    for finish in SWEEP.values():
+        finish()
 
 
 @pytest.fixture(params=BROKERS)

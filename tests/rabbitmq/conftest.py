@@ -18,7 +18,7 @@ import aio_pika
 import pytest
 
 from tests.conftest import broker_url, reachable, unavailable
-from tests.rabbitmq.cleanup import removing_queues
+from tests.rabbitmq.cleanup import removing_queues, sweep
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 
@@ -174,3 +174,10 @@ async def clean_up_the_server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     """Delete the queues and streams each test's brokers declared."""
     async with removing_queues(monkeypatch):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_the_server() -> Iterator[None]:
+    """At the end: queues of test topics that subprocesses (group members) declared."""
+    yield
+    sweep()

@@ -18,6 +18,7 @@ import pytest
 
 from eventbus import BrokerUnavailable, Message
 from eventbus.brokers.rabbitmq import RabbitMQBroker
+from tests.rabbitmq.cleanup import delete
 from tests.rabbitmq.conftest import PrivateNode, consumers
 
 pytestmark = pytest.mark.slow
@@ -193,5 +194,6 @@ async def test_killed_member_share_goes_to_the_other_and_its_unfinished_message_
         await first.stop()
         await second.stop()
         await producer.close()
+        await delete(url, [f"{topic}.workers"])  # declared by the member processes
     assert unfinished <= set(second.done), "a message whose handler had not finished comes again"
     assert second.done, "the second member should have had a share"
