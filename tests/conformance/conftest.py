@@ -6,7 +6,8 @@ name in ``BROKERS`` (and, if it needs them, fast test settings in ``BROKER_OPTIO
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 
@@ -14,11 +15,15 @@ from eventbus import EventBus
 from eventbus.broker import Broker
 from eventbus.brokers import open_broker
 from tests.conftest import broker_url
+from tests.rabbitmq.cleanup import removing_queues, sweep
 
-BROKERS = ["memory", "kafka"]
+BROKERS = ["memory", "rabbitmq", "kafka"]
 """Adapters under test, by name; each resolves to a URL in tests/conftest.py."""
 
 BROKER_OPTIONS: dict[str, dict[str, object]] = {
+    # Streams are RabbitMQ's opt-in retention: on for every topic so replay is tested;
+    # short retention keeps the shared test server small.
+    "rabbitmq": {"streams": True, "stream_max_age": "1h", "reconnect_interval": 0.5},
     # Groups join in about half the session timeout on Tansu; fetches wait for data only
     # up to fetch_wait there (Tansu does not end a long poll early when data arrives).
     "kafka": {
@@ -32,6 +37,33 @@ BROKER_OPTIONS: dict[str, dict[str, object]] = {
     },
 }
 """Adapter options for tests (e.g. short redelivery timeouts), by broker name."""
+
+CLEANUP: dict[str, Callable[..., AbstractAsyncContextManager[None]]] = {
+    "rabbitmq": removing_queues,
+}
+"""Per broker: ``cleanup(monkeypatch, url, topic)`` wraps each test and removes what it
+left on the (shared) server; ``SWEEP`` runs once at the end of the session."""
+
+SWEEP: dict[str, Callable[[], None]] = {"rabbitmq": sweep}
+
+
+@pytest.fixture(autouse=True)
+async def clean_up_the_server(
+    broker_name: str, url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[None]:
+    cleanup = CLEANUP.get(broker_name)
+    if cleanup is None:
+        yield
+        return
+    async with cleanup(monkeypatch, url, topic):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_the_servers() -> Iterator[None]:
+    yield
+    for finish in SWEEP.values():
+        finish()
 
 
 @pytest.fixture(params=BROKERS)
