@@ -303,8 +303,14 @@ class PresenceRegistry:
         )
 
     async def _publish(self, payload: Mapping[str, object]) -> None:
+        # Keyed by node: one node's announcements and goodbye stay in order on a
+        # partitioned topic (Kafka), where unkeyed messages may be reordered.
         message = Message(
-            PRESENCE_TOPIC, orjson.dumps(payload), content_type=JSON, source=self._bus.source
+            PRESENCE_TOPIC,
+            orjson.dumps(payload),
+            content_type=JSON,
+            source=self._bus.source,
+            key=self._bus.node_id,
         )
         await self._bus.broker.publish(message, durable=False)
 
