@@ -15,10 +15,12 @@ from eventbus.broker import Broker
 from eventbus.brokers import open_broker
 from tests.conftest import broker_url
 
-BROKERS = ["memory"]
+BROKERS = ["memory", "nats"]
 """Adapters under test, by name; each resolves to a URL in tests/conftest.py."""
 
-BROKER_OPTIONS: dict[str, dict[str, object]] = {}
+BROKER_OPTIONS: dict[str, dict[str, object]] = {
+    "nats": {"ack_wait": 10.0, "max_age": 3600.0},
+}
 """Adapter options for tests (e.g. short redelivery timeouts), by broker name."""
 
 
