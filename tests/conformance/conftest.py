@@ -35,6 +35,16 @@ def url(broker_name: str) -> str:
     return broker_url(broker_name)
 
 
+@pytest.fixture(autouse=True)
+async def _drop_streams(broker_name: str, topic: str) -> AsyncIterator[None]:
+    """On NATS, delete the test topic's JetStream streams afterwards (the server is shared)."""
+    yield
+    if broker_name == "nats":
+        from tests.nats.streams import drop_streams
+
+        await drop_streams(broker_url("nats"), topic)
+
+
 MakeBus = Callable[..., EventBus]
 
 
