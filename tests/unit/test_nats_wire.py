@@ -156,3 +156,12 @@ def test_bad_settings_are_refused(url: str, options: dict[str, object]) -> None:
 def test_several_servers() -> None:
     broker = NatsBroker("nats://a:4222, b:4223,tls://c:4224")
     assert broker.servers == ["nats://a:4222", "nats://b:4223", "tls://c:4224"]
+
+
+def test_user_headers_named_like_attributes() -> None:
+    message = Message("t", b"", {"ce-id": "spoof", "Content-Type": "text/x"}, "application/json")
+    block = encode_headers(message)
+    assert Client._parse_header_lines(block[10:]) == to_headers(message, prefix="ce-")
+    got = decode("t", b"", block, None)
+    assert got == from_headers("t", b"", to_headers(message, prefix="ce-"), prefix="ce-")
+    assert got.id == message.id and got.content_type == "application/json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -70,6 +71,7 @@ _CLOCK_SKEW = timedelta(minutes=1)
 """How far publishers' clocks may run ahead of the server's for `replay` ``since``: the
 server starts that much earlier (by its own timestamps), eventbus then filters exactly."""
 _Subscription = JetStreamSubscription | CoreSubscription
+_SPACE = re.compile(r"\s")
 
 
 class _NoStream(Exception):
@@ -202,6 +204,7 @@ class NatsBroker:
         self._closed = False
         self._connected = asyncio.Event()
         self._topics: dict[str, _Topic] = {}
+        self._inboxes: dict[str, _Topic] = {}
         self._subscriptions: set[_Subscription] = set()
         self._acks: dict[bytes, tuple[asyncio.Future[None], float]] = {}
         self._ack_prefix = b""
@@ -402,7 +405,9 @@ class NatsBroker:
             raise ClosedError(f"cannot publish to {message.topic!r}: the broker is closed")
         durable = True
         if options:
-            durable = _durable(options, "publish")
+            durable = options.get("durable", True)  # type: ignore[assignment]
+            if durable.__class__ is not bool or len(options) > 1:
+                durable = _durable(options, "publish")
         nc = self._nc
         if nc is None:
             raise BrokerUnavailable(f"{self!r} is not connected: call connect() first")
@@ -461,10 +466,15 @@ class NatsBroker:
             future.set_result(None)
 
     def _topic(self, name: str) -> _Topic:
-        if name.startswith(_INBOX):  # replies: validated, not remembered (peers come and go)
-            if not name or any(c.isspace() for c in name):
-                raise ConfigurationError(f"{name!r} is not a valid NATS reply inbox")
-            return _Topic(name)
+        if name.startswith(_INBOX):  # a peer's reply inbox: peers come and go, keep a few
+            state = self._inboxes.get(name)
+            if state is None:
+                if _SPACE.search(name):
+                    raise ConfigurationError(f"{name!r} is not a valid NATS reply inbox")
+                if len(self._inboxes) >= 1024:
+                    self._inboxes.clear()
+                state = self._inboxes[name] = _Topic(name)
+            return state
         validate_topic(name)
         state = self._topics[name] = _Topic(name)
         return state

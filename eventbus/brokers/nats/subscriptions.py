@@ -215,7 +215,10 @@ class JetStreamSubscription:
     async def _handle(self, item: tuple[Message, bytes]) -> None:
         message, reply = item
         await self._handler(message)
-        self._settle(reply, b"PUB " + reply + _ACK)
+        self._nc.write_soon(b"PUB " + reply + _ACK)
+        self._held.pop(reply, None)
+        if self._requested + len(self._held) <= self._low:
+            self._pull()
 
     def _settle(self, reply: bytes, command: bytes) -> None:
         self._nc.write(command)
@@ -332,7 +335,7 @@ class JetStreamSubscription:
         for reply in old:
             del held[reply]
             held[reply] = now
-            self._nc.write(b"PUB " + reply + _WPI)
+            self._nc.write_soon(b"PUB " + reply + _WPI)
 
     async def close(self) -> None:
         """Let in-flight handlers finish (up to the grace period); NAK what was not handled.

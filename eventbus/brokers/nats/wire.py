@@ -53,6 +53,8 @@ of the JetStream object holding the body (the message itself then has an empty b
 Route = Callable[[bytes, bytes, bytes, bytes | None], None]
 """A fast-path subscription handler: ``(subject, reply, body, header block or None)``."""
 
+LINGER = 0.002
+"""Seconds an acknowledgement may wait to go out together with other commands."""
 _FLUSH_LIMIT = 4 * 1024 * 1024
 """Outgoing bytes buffered before a publisher waits for the socket (backpressure)."""
 
@@ -83,6 +85,7 @@ class Connection(Client):
         super().__init__()
         self.routes: dict[int, Route] = {}
         """Subscription id -> route; a routed subscription never reaches nats-py's queue."""
+        self._lingering: asyncio.TimerHandle | None = None
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -102,6 +105,25 @@ class Connection(Client):
         """
         self._pending.append(command)
         self._pending_data_size += len(command)
+        self._kick()
+
+    def write_soon(self, command: bytes) -> None:
+        """Queue a command that may wait up to `LINGER` seconds to share a write.
+
+        For acknowledgements: a consumer handling a steady stream then sends one
+        write (one system call) for many acks instead of one each.
+        """
+        self._pending.append(command)
+        self._pending_data_size += len(command)
+        if self._lingering is None:
+            self._lingering = asyncio.get_running_loop().call_later(LINGER, self._linger_done)
+
+    def _linger_done(self) -> None:
+        self._lingering = None
+        if self._pending:
+            self._kick()
+
+    def _kick(self) -> None:
         queue: asyncio.Queue[asyncio.Future[None]] | None = self._flush_queue
         if queue is not None and queue.empty() and self.is_connected:
             queue.put_nowait(asyncio.get_running_loop().create_future())
@@ -151,12 +173,20 @@ _SLOTS = {
 }
 
 
+_clock: tuple[tuple[int, ...], str] = ((), "")
+
+
 def _time(message: Message) -> str:
+    """``format_time(message.time)``, with the part up to the second cached (3x faster)."""
+    global _clock
     value = message.time
-    if value.tzinfo is UTC:  # the common case, 3x faster than format_time
-        text = value.isoformat()
-        return text[:-6] + "Z"
-    return format_time(value)
+    if value.tzinfo is not UTC:
+        return format_time(value)
+    second = (value.second, value.minute, value.hour, value.day, value.month, value.year)
+    if second != _clock[0]:
+        _clock = (second, value.isoformat()[:19])
+    micro = value.microsecond
+    return f"{_clock[1]}.{micro:06d}Z" if micro else _clock[1] + "Z"
 
 
 def _check_name(name: str) -> None:
@@ -172,27 +202,21 @@ def _check_name(name: str) -> None:
 def encode_headers(message: Message, extra: str = "") -> bytes:
     """The NATS header block of ``message``: `eventbus.message.to_headers` with ``ce-``.
 
-    The same names and values as ``to_headers(message, prefix="ce-")`` (user headers
-    first, then the CloudEvents attributes and ``content-type``), plus ``extra`` (ready
-    ``name: value\\r\\n`` lines). Line breaks inside values become spaces: NATS headers
-    cannot carry them.
+    The same names and values as ``to_headers(message, prefix="ce-")``: the CloudEvents
+    attributes and ``content-type`` first (in a fixed order that `decode` reads without
+    searching), then user headers (one that has an attribute's name is left out: the
+    attribute wins, as in ``to_headers``), then ``extra`` (ready ``name: value\r\n``
+    lines). Line breaks inside values become spaces: NATS headers cannot carry them.
 
     Raises:
         EncodeError: a header name NATS cannot carry.
     """
-    user = ""
-    headers = message.headers
-    if headers:
-        for name in headers:
-            if name not in _good_names:
-                _check_name(name)
-        user = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     text = (
-        f"NATS/1.0\r\n{user}ce-specversion: 1.0\r\nce-id: {message.id}\r\n"
+        f"NATS/1.0\r\nce-specversion: 1.0\r\nce-id: {message.id}\r\n"
         f"ce-source: {message.source or 'eventbus'}\r\nce-type: {message.type or message.topic}"
         f"\r\nce-time: {_time(message)}\r\n"
     )
-    lines = 6 + len(headers)
+    lines = 6
     if message.content_type is not None:
         text += f"content-type: {message.content_type}\r\n"
         lines += 1
@@ -205,6 +229,15 @@ def encode_headers(message: Message, extra: str = "") -> bytes:
     if message.correlation_id is not None:
         text += f"ce-correlationid: {message.correlation_id}\r\n"
         lines += 1
+    headers = message.headers
+    if headers:
+        for name in headers:
+            if name not in _good_names:
+                _check_name(name)
+        if not _SLOTS.keys().isdisjoint(headers):
+            headers = {k: v for k, v in headers.items() if k not in _SLOTS}
+        text += "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        lines += len(headers)
     if extra:
         text += extra
         lines += extra.count("\n")
@@ -245,12 +278,33 @@ def decode(topic: str, body: bytes, header: bytes | None, delivery: Delivery | N
     if not header:
         return Message(topic, body, {}, None, None, None, None, None, None, "", "", delivery)
     user: dict[str, str] = {}
-    id_ = content_type = key = reply_to = correlation = None
-    when = None
-    source = type_ = ""
-    slots = _SLOTS
+    content_type = key = reply_to = correlation = None
     lines = header.decode("utf-8", "replace").split("\r\n")
-    for index in range(1, len(lines)):  # lines[0] is "NATS/1.0" (and a status)
+    # lines[0] is "NATS/1.0" (and a status). eventbus's own messages start with the
+    # attributes in a fixed order: read those by position.
+    if (
+        len(lines) > 6
+        and lines[1] == "ce-specversion: 1.0"
+        and lines[2][:7] == "ce-id: "
+        and lines[3][:11] == "ce-source: "
+        and lines[4][:9] == "ce-type: "
+        and lines[5][:9] == "ce-time: "
+    ):
+        id_: str | None = lines[2][7:].strip()
+        source = lines[3][11:].strip()
+        type_ = lines[4][9:].strip()
+        stamp = lines[5][9:].strip()
+        when = parse_time(stamp)
+        if when is None:
+            user["ce-time"] = stamp
+        first = 6
+    else:  # a plain client's headers: recognize Content-Type and CE-Id in any case
+        id_ = when = None
+        source = type_ = ""
+        first = 1
+    slots = _SLOTS
+    fold = first == 1
+    for index in range(first, len(lines)):
         name, sep, value = lines[index].partition(":")
         if not sep:
             continue
@@ -258,18 +312,18 @@ def decode(topic: str, body: bytes, header: bytes | None, delivery: Delivery | N
         slot = slots.get(name)
         if slot is None:
             name = name.strip()
-            slot = slots.get(name.lower())
+            slot = slots.get(name.lower()) if fold else None
             if slot is None:
                 user[name] = value
                 continue
-        if slot == _ID:
+        if slot == _CONTENT_TYPE:
+            content_type = value
+        elif slot == _ID:
             id_ = value
         elif slot == _TIME:
             when = parse_time(value)
             if when is None:  # not RFC 3339: keep it for the user to see
                 user[name] = value
-        elif slot == _CONTENT_TYPE:
-            content_type = value
         elif slot == _SOURCE:
             source = value
         elif slot == _TYPE:

@@ -1,0 +1,392 @@
+"""NATS: plain nats-py vs eventbus vs FastStream, JetStream and core NATS, one run, one server.
+
+    python benchmarks/bench_nats.py [--n 50000] [--requests 5000] [--url nats://127.0.0.1:4222]
+
+(Not named ``nats.py``: that would shadow the nats package.)
+
+For each of JetStream (eventbus's default, ``durable=True``) and core NATS
+(``durable=False``), ``--n`` messages of 256-byte JSON (`harness.payload`):
+
+- publish: one publisher awaiting each publish in turn (on JetStream each waits for
+  the stream's acknowledgement; on core each is buffered on the connection);
+- end-to-end: the same publishing while one subscriber on its own connection decodes
+  every message (the plain client's loop does its own ``json.loads`` and, on
+  JetStream, its own ``ack``), timed from the first publish to the last handled message.
+
+Request/reply runs over core NATS: sequential round trips (p50, p99) and requests/s with
+64 concurrent requesters. Every contender gets its own fresh subjects and streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import nats  # noqa: E402
+from faststream.nats import JStream, PullSub  # noqa: E402
+from faststream.nats import NatsBroker as FastStreamBroker  # noqa: E402
+from harness import Table, concurrent_rate, latencies, payload, timed  # noqa: E402
+from nats.js.api import StreamConfig  # noqa: E402
+
+from eventbus import EventBus  # noqa: E402
+
+Rates = dict[str, float]
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def fresh(kind: str) -> str:
+    return f"bench.{kind}.{uuid.uuid4().hex[:12]}"
+
+
+class Counter:
+    """Counts handled messages and fires when the expected number arrived."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.count = 0
+        self.done = asyncio.Event()
+
+    def hit(self) -> None:
+        self.count += 1
+        if self.count == self.expected:
+            self.done.set()
+
+
+async def add_stream(url: str, name: str, subject: str) -> None:
+    nc = await nats.connect(url)
+    await nc.jetstream().add_stream(StreamConfig(name=name, subjects=[subject]))
+    await nc.close()
+
+
+async def drop_streams(url: str, names: list[str]) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for name in names:
+        try:
+            await js.delete_stream(name)
+        except Exception:  # already gone
+            pass
+    await nc.close()
+
+
+# -- plain nats-py ------------------------------------------------------------------------
+
+
+async def plain_core(url: str, items: list[dict[str, object]]) -> Rates:
+    n = len(items)
+    pub, sub = await nats.connect(url), await nats.connect(url)
+    subject = fresh("core")
+
+    async def publish_only() -> None:
+        for item in items:
+            await pub.publish(subject, json.dumps(item).encode())
+        await pub.flush()
+
+    publish = n / await timed(publish_only)
+    counter = Counter(n)
+
+    async def on_msg(msg: nats.aio.msg.Msg) -> None:
+        json.loads(msg.data)
+        counter.hit()
+
+    subject = fresh("core")
+    await sub.subscribe(subject, cb=on_msg, pending_msgs_limit=n + 1, pending_bytes_limit=1 << 30)
+    await sub.flush()
+
+    async def end_to_end() -> None:
+        for item in items:
+            await pub.publish(subject, json.dumps(item).encode())
+        await counter.done.wait()
+
+    e2e = n / await timed(end_to_end)
+    await pub.close()
+    await sub.close()
+    return {"publish": publish, "end-to-end": e2e}
+
+
+async def plain_jetstream(url: str, items: list[dict[str, object]], streams: list[str]) -> Rates:
+    n = len(items)
+    pub, sub = await nats.connect(url), await nats.connect(url)
+    js = pub.jetstream()
+    subject = fresh("js")
+    streams.append(subject.replace(".", "_"))
+    await js.add_stream(StreamConfig(name=streams[-1], subjects=[subject]))
+
+    async def publish_only() -> None:
+        for item in items:
+            await js.publish(subject, json.dumps(item).encode())
+
+    publish = n / await timed(publish_only)
+    subject = fresh("js")
+    streams.append(subject.replace(".", "_"))
+    await js.add_stream(StreamConfig(name=streams[-1], subjects=[subject]))
+    psub = await sub.jetstream().pull_subscribe(subject, durable="plain")
+    counter = Counter(n)
+
+    async def consume() -> None:
+        while True:
+            try:
+                msgs = await psub.fetch(256, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                json.loads(msg.data)
+                await msg.ack()
+                counter.hit()
+
+    consumer = asyncio.create_task(consume())
+
+    async def end_to_end() -> None:
+        for item in items:
+            await js.publish(subject, json.dumps(item).encode())
+        await counter.done.wait()
+
+    e2e = n / await timed(end_to_end)
+    consumer.cancel()
+    await asyncio.gather(consumer, return_exceptions=True)
+    await pub.close()
+    await sub.close()
+    return {"publish": publish, "end-to-end": e2e}
+
+
+async def plain_rpc(url: str, requests: int) -> Rates:
+    server, client = await nats.connect(url), await nats.connect(url)
+    subject = fresh("rpc")
+
+    async def respond(msg: nats.aio.msg.Msg) -> None:
+        request = json.loads(msg.data)
+        await msg.respond(json.dumps({"id": request["id"]}).encode())
+
+    await server.subscribe(subject, cb=respond)
+    await server.flush()
+    items = [json.dumps(payload(i)).encode() for i in range(requests)]
+
+    async def call(i: int) -> object:
+        reply = await client.request(subject, items[i], timeout=5)
+        return json.loads(reply.data)
+
+    result = await rpc_figures(call, requests)
+    await server.close()
+    await client.close()
+    return result
+
+
+# -- eventbus -------------------------------------------------------------------------------
+
+
+async def eventbus_throughput(
+    url: str, items: list[dict[str, object]], durable: bool, streams: list[str]
+) -> Rates:
+    n = len(items)
+    kind = "js" if durable else "core"
+    producer = EventBus(url)
+    async with producer:
+        subject = fresh(kind)
+        streams.append(subject.replace(".", "_"))
+        publisher = producer.publisher(subject, durable=durable)
+        if durable:  # create the stream outside the timing, as the plain client does
+            await publisher.publish({"warm": True})
+
+        async def publish_only() -> None:
+            for item in items:
+                await publisher.publish(item)
+
+        publish = n / await timed(publish_only)
+        subject = fresh(kind)
+        streams.append(subject.replace(".", "_"))
+        counter = Counter(n)
+        consumer = EventBus(url)
+
+        @consumer.subscriber(subject, group="bench", durable=durable)
+        async def handle(reading: dict[str, object]) -> None:
+            counter.hit()
+
+        publisher = producer.publisher(subject, durable=durable)
+        async with consumer:
+
+            async def end_to_end() -> None:
+                for item in items:
+                    await publisher.publish(item)
+                await counter.done.wait()
+
+            e2e = n / await timed(end_to_end)
+    return {"publish": publish, "end-to-end": e2e}
+
+
+async def eventbus_rpc(url: str, requests: int) -> Rates:
+    server, client = EventBus(url), EventBus(url)
+    subject = fresh("rpc")
+
+    @server.subscriber(subject, durable=False)
+    async def respond(request: dict[str, object]) -> dict[str, object]:
+        return {"id": request["id"]}
+
+    publisher = client.publisher(subject, durable=False)
+    items = [payload(i) for i in range(requests)]
+
+    async def call(i: int) -> object:
+        return await publisher.request(items[i], timeout=5)
+
+    async with server, client:
+        return await rpc_figures(call, requests)
+
+
+# -- FastStream -----------------------------------------------------------------------------
+
+
+async def faststream_throughput(
+    url: str, items: list[dict[str, object]], durable: bool, streams: list[str]
+) -> Rates:
+    n = len(items)
+    kind = "js" if durable else "core"
+    producer = FastStreamBroker(url, logger=None)
+    await producer.connect()
+    subject = fresh(kind)
+    stream_name: str | None = None
+    if durable:
+        stream_name = subject.replace(".", "_")
+        streams.append(stream_name)
+        await add_stream(url, stream_name, subject)
+
+    async def publish_only() -> None:
+        for item in items:
+            await producer.publish(item, subject, stream=stream_name)
+
+    publish = n / await timed(publish_only)
+    subject = fresh(kind)
+    counter = Counter(n)
+    consumer = FastStreamBroker(url, logger=None)
+    if durable:
+        stream_name = subject.replace(".", "_")
+        streams.append(stream_name)
+
+        @consumer.subscriber(
+            subject, stream=JStream(stream_name), durable="bench", pull_sub=PullSub(256)
+        )
+        async def handle_js(reading: dict[str, object]) -> None:
+            counter.hit()
+    else:
+
+        @consumer.subscriber(subject, pending_msgs_limit=n + 1)
+        async def handle_core(reading: dict[str, object]) -> None:
+            counter.hit()
+
+    await consumer.start()
+
+    async def end_to_end() -> None:
+        for item in items:
+            await producer.publish(item, subject, stream=stream_name)
+        await counter.done.wait()
+
+    e2e = n / await timed(end_to_end)
+    await consumer.stop()
+    await producer.stop()
+    return {"publish": publish, "end-to-end": e2e}
+
+
+async def faststream_rpc(url: str, requests: int) -> Rates:
+    server, client = FastStreamBroker(url, logger=None), FastStreamBroker(url, logger=None)
+    subject = fresh("rpc")
+
+    @server.subscriber(subject)
+    async def respond(request: dict[str, object]) -> dict[str, object]:
+        return {"id": request["id"]}
+
+    await server.start()
+    await client.connect()
+    items = [payload(i) for i in range(requests)]
+
+    async def call(i: int) -> object:
+        reply = await client.request(items[i], subject, timeout=5)
+        return await reply.decode()
+
+    result = await rpc_figures(call, requests)
+    await server.stop()
+    await client.stop()
+    return result
+
+
+# -- shared ---------------------------------------------------------------------------------
+
+
+async def rpc_figures(call: Callable[[int], Awaitable[object]], requests: int) -> Rates:
+    for i in range(min(200, requests)):  # warm up connections and caches
+        await call(i)
+    p50, p99 = await latencies(call, requests)
+    rate = await concurrent_rate(call, requests, 64)
+    return {"p50": p50, "p99": p99, "64 concurrent": rate}
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=50_000, help="messages per throughput run")
+    parser.add_argument("--requests", type=int, default=5_000, help="requests per latency run")
+    parser.add_argument("--url", default=DEFAULT_URL, help="NATS server")
+    parser.add_argument(
+        "--only",
+        choices=["jetstream", "core", "rpc"],
+        action="append",
+        help="run only these parts (repeatable)",
+    )
+    parser.add_argument(
+        "--without",
+        choices=["plain", "eventbus", "faststream"],
+        action="append",
+        default=[],
+        help="skip a contender (repeatable; the ratios need 'plain')",
+    )
+    return parser.parse_args()
+
+
+async def main() -> None:
+    args = arguments()
+    parts = args.only or ["jetstream", "core", "rpc"]
+    skip = set(args.without)
+    items = [payload(i) for i in range(args.n)]
+    streams: list[str] = []
+    columns = {"publish": "rate", "end-to-end": "rate"}
+    try:
+        for part in ("jetstream", "core"):
+            if part not in parts:
+                continue
+            durable = part == "jetstream"
+            title = "JetStream (durable)" if durable else "NATS core (durable=False)"
+            table = Table(f"{title}, {args.n:,} x 256-byte JSON", columns)
+            if "plain" not in skip:
+                plain = plain_jetstream(args.url, items, streams) if durable else plain_core(
+                    args.url, items
+                )
+                table.add("nats-py", **await plain)
+            if "eventbus" not in skip:
+                table.add("eventbus", **await eventbus_throughput(args.url, items, durable, streams))
+            if "faststream" not in skip:
+                table.add(
+                    "FastStream", **await faststream_throughput(args.url, items, durable, streams)
+                )
+            print(table.render(), flush=True)
+        if "rpc" in parts:
+            table = Table(
+                f"request/reply over core NATS, {args.requests:,} requests",
+                {"p50": "latency", "p99": "latency", "64 concurrent": "rate"},
+            )
+            if "plain" not in skip:
+                table.add("nats-py", **await plain_rpc(args.url, args.requests))
+            if "eventbus" not in skip:
+                table.add("eventbus", **await eventbus_rpc(args.url, args.requests))
+            if "faststream" not in skip:
+                table.add("FastStream", **await faststream_rpc(args.url, args.requests))
+            print(table.render(), flush=True)
+    finally:
+        await drop_streams(args.url, streams)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
