@@ -21,22 +21,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import nats
+from faststream.nats import JStream, PullSub
+from faststream.nats import NatsBroker as FastStreamBroker
+from harness import Table, concurrent_rate, latencies, payload, timed
+from nats.js.api import StreamConfig
 
-import nats  # noqa: E402
-from faststream.nats import JStream, PullSub  # noqa: E402
-from faststream.nats import NatsBroker as FastStreamBroker  # noqa: E402
-from harness import Table, concurrent_rate, latencies, payload, timed  # noqa: E402
-from nats.js.api import StreamConfig  # noqa: E402
-
-from eventbus import EventBus  # noqa: E402
+from eventbus import EventBus
 
 Rates = dict[str, float]
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -70,10 +66,8 @@ async def drop_streams(url: str, names: list[str]) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream()
     for name in names:
-        try:
+        with contextlib.suppress(Exception):  # already gone
             await js.delete_stream(name)
-        except Exception:  # already gone
-            pass
     await nc.close()
 
 
@@ -361,12 +355,15 @@ async def main() -> None:
             title = "JetStream (durable)" if durable else "NATS core (durable=False)"
             table = Table(f"{title}, {args.n:,} x 256-byte JSON", columns)
             if "plain" not in skip:
-                plain = plain_jetstream(args.url, items, streams) if durable else plain_core(
-                    args.url, items
+                plain = (
+                    plain_jetstream(args.url, items, streams)
+                    if durable
+                    else plain_core(args.url, items)
                 )
                 table.add("nats-py", **await plain)
             if "eventbus" not in skip:
-                table.add("eventbus", **await eventbus_throughput(args.url, items, durable, streams))
+                figures = await eventbus_throughput(args.url, items, durable, streams)
+                table.add("eventbus", **figures)
             if "faststream" not in skip:
                 table.add(
                     "FastStream", **await faststream_throughput(args.url, items, durable, streams)

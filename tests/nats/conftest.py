@@ -10,11 +10,11 @@ from tests.conftest import broker_url
 
 pytest.importorskip("nats")
 
-import nats  # noqa: E402
-from nats.aio.client import Client  # noqa: E402
+import nats
+from nats.aio.client import Client
 
-from eventbus.brokers.nats import NatsBroker  # noqa: E402
-from tests.nats.streams import drop_streams  # noqa: E402
+from eventbus.brokers.nats import NatsBroker
+from tests.nats.streams import drop_streams
 
 
 @pytest.fixture

@@ -35,7 +35,8 @@ async def test_core_queue_group_splits_and_wildcards_match(url: str, topic: str)
         await everything.wait_for(100)
     assert sorted(m.id for m in inbox.messages) == sorted(m.id for m in everything.messages)
     assert {m.topic for m in everything.messages} == {f"{topic}.{i}" for i in range(3)}
-    assert inbox.by_member["a"] and inbox.by_member["b"]
+    assert inbox.by_member["a"]
+    assert inbox.by_member["b"]
 
 
 async def test_core_publish_reaches_a_durable_group(url: str, topic: str) -> None:
@@ -47,12 +48,14 @@ async def test_core_publish_reaches_a_durable_group(url: str, topic: str) -> Non
         sent = await bus.publisher(topic, durable=False).publish({"fast": True})
         (got,) = await inbox.wait_for(1)
     assert got.id == sent.id
-    assert got.delivery is not None and got.delivery.offset == 1
+    assert got.delivery is not None
+    assert got.delivery.offset == 1
 
 
 async def test_long_handler_is_kept_alive_not_redelivered(url: str, topic: str) -> None:
     """A handler running past ack_wait keeps its message (+WPI): the idle member gets nothing."""
-    busy, idle = Inbox(), Inbox()
+    seen = Inbox()
+    slow_member, idle_member = seen.member("slow"), seen.member("idle")
     started = asyncio.Event()
     member = EventBus(url, ack_wait=1.0)
 
@@ -60,25 +63,23 @@ async def test_long_handler_is_kept_alive_not_redelivered(url: str, topic: str) 
     async def slow(msg: Message) -> None:
         started.set()
         await asyncio.sleep(2.5)  # the handler's own work, 2.5x the ack wait
-        await busy.put(msg)
+        await slow_member(msg)
 
     other = EventBus(url, ack_wait=1.0)
     async with member:
-        await member.publish(topic, {"n": 1})
+        first = await member.publish(topic, {"n": 1})
         async with asyncio.timeout(10):
             await started.wait()
-        other.subscriber(topic, group="slow")(idle.put)
+        other.subscriber(topic, group="slow")(idle_member)
         async with other:
-            await busy.wait_for(1, timeout=20)
+            await seen.wait_until(lambda: first.id in {m.id for m in seen.messages}, 20, "it")
             sentinel = await member.publish(topic, {"n": 2})
-            await Inbox.wait_until(
-                busy,
-                lambda: any(m.id == sentinel.id for m in busy.messages + idle.messages),
-                20,
-                "the sentinel",
+            await seen.wait_until(
+                lambda: sentinel.id in {m.id for m in seen.messages}, 20, "the sentinel"
             )
-    assert busy.messages[0].redelivered == 0
-    assert [m.id for m in idle.messages] in ([], [sentinel.id])
+    assert [m.id for m in seen.by_member["slow"]][:1] == [first.id]
+    assert seen.by_member["slow"][0].redelivered == 0
+    assert first.id not in {m.id for m in seen.by_member["idle"]}, "redelivered while in work"
 
 
 async def test_a_stream_that_already_captures_the_topic_is_used(
@@ -148,3 +149,24 @@ async def test_unreachable_server_is_a_clear_error() -> None:
     with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{port}"):
         await broker.connect()
     await broker.close()
+
+
+@pytest.mark.parametrize("group", [None, "g"])
+async def test_lost_consumer_is_recreated(
+    url: str, topic: str, plain: Client, group: str | None
+) -> None:
+    """A consumer deleted under a live subscription (as a server may lose an ephemeral one)."""
+    inbox = Inbox()
+    bus = EventBus(url)
+    bus.subscriber(topic, group=group)(inbox.put)
+    async with bus:
+        for i in range(5):
+            await bus.publish(topic, {"n": i})
+        await inbox.wait_for(5)
+        stream = topic.replace(".", "_")
+        (consumer,) = await plain.jetstream().consumers_info(stream)
+        await plain.jetstream().delete_consumer(stream, consumer.name)
+        for i in range(5, 10):
+            await bus.publish(topic, {"n": i})
+        await inbox.wait_for(10, timeout=30)
+    assert sorted(int(m.body[5:-1]) for m in inbox.messages) == list(range(10))

@@ -8,73 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from eventbus import BrokerUnavailable, EventBus
-from tests.conftest import unavailable
 from tests.helpers import Inbox
+from tests.nats.servers import NatsServer
 
 pytestmark = pytest.mark.slow
 
 
-class NatsServer:
-    """A private nats-server with JetStream that a test may kill -9 and restart."""
-
-    def __init__(self, binary: str, store: Path) -> None:
-        self.binary = binary
-        self.store = store
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(self.store.parent / "nats-server.log", "ab")  # noqa: SIM115  # owned by the process
-        self.process = subprocess.Popen(
-            [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
-            stdout=log,
-            stderr=log,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"the private nats-server did not listen on {self.port}")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.kill()
-
-
 @pytest.fixture
-def private_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    binary = shutil.which("nats-server")
-    if binary is None:
-        unavailable("nats-server is not installed: cannot run the NATS fault checks")
-    assert binary is not None
-    server = NatsServer(binary, tmp_path / "jetstream")
+def private_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A private ``nats-server -js`` with its own store directory, killed afterwards."""
+    server = NatsServer(tmp_path, "-js", "-sd", str(tmp_path / "jetstream"))
     server.start()
-    yield server  # type: ignore[misc]
+    yield server
     server.stop()
 
 
@@ -90,13 +46,29 @@ async def until(predicate: Callable[[], bool], timeout: float, what: str) -> Non
 async def test_server_restart_loses_no_acknowledged_message(
     private_server: NatsServer, topic: str
 ) -> None:
+    """Kill -9 and restart the server under a running publisher and three subscribers.
+
+    The group (a durable consumer) and the fan-out subscriber (an ephemeral consumer,
+    which the restart may lose: then re-created from where it was) both get every
+    message whose publish returned; the core subscriber (durable=False) resumes too.
+    """
     url = private_server.url
     received: Counter[int] = Counter()
+    fanned: Counter[int] = Counter()
+    core: Counter[int] = Counter()
     consumer = EventBus(url, ack_wait=5.0, timeout=2.0)
 
     @consumer.subscriber(topic, group="restart", concurrency=4)
     async def consume(payload: dict[str, int]) -> None:
         received[payload["n"]] += 1
+
+    @consumer.subscriber(topic)
+    async def watch(payload: dict[str, int]) -> None:
+        fanned[payload["n"]] += 1
+
+    @consumer.subscriber(topic, durable=False)
+    async def glance(payload: dict[str, int]) -> None:
+        core[payload["n"]] += 1
 
     producer = EventBus(url, timeout=2.0)
     acked: list[int] = []
@@ -129,6 +101,9 @@ async def test_server_restart_loses_no_acknowledged_message(
             stop.set()
             await task
         await until(lambda: set(acked) <= set(received), 60, "every acknowledged message")
+        await until(lambda: set(acked) <= set(fanned), 60, "every message at the fan-out")
+        after = acked[-50:]
+        await until(lambda: set(after) <= set(core), 30, "core messages after the restart")
     for n, seconds, exc in failures:
         assert seconds < 2.0 + 1.5, f"publish #{n} took {seconds:.1f}s to fail"
         assert "127.0.0.1" in str(exc), f"unclear error: {exc}"
@@ -136,14 +111,16 @@ async def test_server_restart_loses_no_acknowledged_message(
     assert not lost, f"{len(lost)} acknowledged messages lost, e.g. {lost[:10]}"
 
 
-async def test_publish_during_outage_fails_within_timeout(private_server: NatsServer, topic: str) -> None:
+async def test_publish_during_outage_fails_within_timeout(
+    private_server: NatsServer, topic: str
+) -> None:
     bus = EventBus(private_server.url, timeout=1.0)
     async with bus:
         await bus.publish(topic, {"n": 0})
         private_server.kill()
         for durable in (True, False):
             started = time.monotonic()
-            with pytest.raises(BrokerUnavailable, match="unreachable|lost the connection"):
+            with pytest.raises(BrokerUnavailable, match=r"unreachable|lost the connection"):
                 await bus.publisher(topic, durable=durable).publish({"n": 1})
             assert time.monotonic() - started < 1.0 + 1.0
         private_server.start()
@@ -212,5 +189,3 @@ async def test_killed_consumer_messages_go_to_another_member(url: str, topic: st
     redelivered = {m.id: m.redelivered for m in survivor.messages}
     assert set(held) <= set(redelivered)
     assert all(redelivered[i] >= 1 for i in held), "the killed member's messages are redeliveries"
-
-

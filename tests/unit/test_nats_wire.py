@@ -8,11 +8,11 @@ import pytest
 
 pytest.importorskip("nats")
 
-from nats.aio.client import Client  # noqa: E402
+from nats.aio.client import Client
 
-from eventbus import ConfigurationError, EncodeError, Message  # noqa: E402
-from eventbus.brokers.nats import NatsBroker  # noqa: E402
-from eventbus.brokers.nats.wire import (  # noqa: E402
+from eventbus import ConfigurationError, EncodeError, Message
+from eventbus.brokers.nats import NatsBroker
+from eventbus.brokers.nats.wire import (
     ack_metadata,
     consumer_name,
     decode,
@@ -23,7 +23,7 @@ from eventbus.brokers.nats.wire import (  # noqa: E402
     stream_name,
     validate_topic,
 )
-from eventbus.message import from_headers, to_headers  # noqa: E402
+from eventbus.message import from_headers, to_headers
 
 MESSAGES = [
     Message("orders.placed", b'{"id":1}', content_type="application/json"),
@@ -47,7 +47,8 @@ MESSAGES = [
 @pytest.mark.parametrize("message", MESSAGES)
 def test_header_block_is_to_headers_with_ce_dash(message: Message) -> None:
     block = encode_headers(message)
-    assert block.startswith(b"NATS/1.0\r\n") and block.endswith(b"\r\n\r\n")
+    assert block.startswith(b"NATS/1.0\r\n")
+    assert block.endswith(b"\r\n\r\n")
     parsed = Client._parse_header_lines(block[len(b"NATS/1.0\r\n") :])
     assert parsed == to_headers(message, prefix="ce-")
 
@@ -60,7 +61,12 @@ def test_decode_is_from_headers(message: Message) -> None:
         message.topic, message.body, to_headers(message, prefix="ce-"), prefix="ce-"
     )
     assert got == expected
-    assert (got.id, got.time, got.key, got.body) == (message.id, message.time, message.key, message.body)
+    assert (got.id, got.time, got.key, got.body) == (
+        message.id,
+        message.time,
+        message.key,
+        message.body,
+    )
 
 
 def test_line_breaks_in_values_become_spaces() -> None:
@@ -87,7 +93,9 @@ def test_plain_client_headers() -> None:
     assert got.headers == {"X-Trace": "1", "ce-time": "yesterday", "ce-dataschema": "s1"}
     assert got.time.tzinfo is not None
     bare = decode("t", b"{}", None, None)
-    assert bare.content_type is None and bare.headers == {} and bare.id
+    assert bare.content_type is None
+    assert bare.headers == {}
+    assert bare.id
 
 
 def test_hpub_command() -> None:
@@ -97,7 +105,9 @@ def test_hpub_command() -> None:
 
 
 def test_control_messages() -> None:
-    block = b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 7\r\nNats-Pending-Bytes: 0\r\n\r\n"
+    block = (
+        b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 7\r\nNats-Pending-Bytes: 0\r\n\r\n"
+    )
     assert status(block) == b"408"
     assert header_int(block, b"Nats-Pending-Messages") == 7
     assert header_int(block, b"Nats-Missing") is None
@@ -164,4 +174,5 @@ def test_user_headers_named_like_attributes() -> None:
     assert Client._parse_header_lines(block[10:]) == to_headers(message, prefix="ce-")
     got = decode("t", b"", block, None)
     assert got == from_headers("t", b"", to_headers(message, prefix="ce-"), prefix="ce-")
-    assert got.id == message.id and got.content_type == "application/json"
+    assert got.id == message.id
+    assert got.content_type == "application/json"

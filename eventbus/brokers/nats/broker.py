@@ -654,7 +654,9 @@ class NatsBroker:
             return consumer_name(group)
         return consumer_name(f"{group}.{topic}")
 
-    async def _create_consumer(self, stream: str, topic: str, group: str | None) -> ConsumerInfo:
+    async def _create_consumer(
+        self, stream: str, topic: str, group: str | None, start: dict[str, Any] | None = None
+    ) -> ConsumerInfo:
         js = self.jetstream
         async with _translated(f"creating a consumer on {topic!r}", self):
             if group is None:
@@ -674,8 +676,8 @@ class NatsBroker:
                 config = self._consumer_config(
                     topic,
                     durable_name=name,
-                    deliver_policy=DeliverPolicy.NEW,
                     description=f"eventbus group {group} on {topic}",
+                    **(start or {"deliver_policy": DeliverPolicy.NEW}),
                 )
                 try:
                     return await js.add_consumer(stream, config)
@@ -691,8 +693,10 @@ class NatsBroker:
     async def ensure_consumer(self, sub: JetStreamSubscription) -> str:
         """Make sure ``sub``'s consumer exists (the server may have lost it); return its name.
 
-        A lost fan-out consumer is re-created from the message after the last one
-        ``sub`` received; a lost group consumer from new messages (with a warning).
+        A lost consumer is re-created from the message after the last one ``sub``
+        received. For a group with several members that is this member's view: messages
+        other members had taken but not acknowledged before the loss are not
+        redelivered (a warning says so).
         """
         js = self.jetstream
         async with _translated(f"checking consumer {sub.consumer!r}", self):
@@ -701,22 +705,27 @@ class NatsBroker:
                 return sub.consumer
             except nats.js.errors.NotFoundError:
                 pass
+            resume = {
+                "deliver_policy": DeliverPolicy.BY_START_SEQUENCE,
+                "opt_start_seq": sub.last_seq + 1,
+            }
             if sub.group is not None:
                 log.warning(
-                    "nats: consumer %s of group %s on %s is gone; re-creating it at new messages",
+                    "nats: consumer %s of group %s on %s is gone; re-creating it from stream "
+                    "sequence %d (what other members had not acknowledged is not redelivered)",
                     sub.consumer,
                     sub.group,
                     sub.topic,
+                    sub.last_seq + 1,
                 )
-                info = await self._create_consumer(sub.stream, sub.topic, sub.group)
+                info = await self._create_consumer(sub.stream, sub.topic, sub.group, resume)
                 return info.name
             config = self._consumer_config(
                 sub.topic,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=sub.last_seq + 1,
                 inactive_threshold=_EPHEMERAL_IDLE,
                 mem_storage=True,
                 description=f"eventbus fan-out subscriber of {sub.topic}",
+                **resume,
             )
             info = await js.add_consumer(sub.stream, config)
             return info.name

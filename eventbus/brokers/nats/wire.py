@@ -277,42 +277,84 @@ def decode(topic: str, body: bytes, header: bytes | None, delivery: Delivery | N
     """
     if not header:
         return Message(topic, body, {}, None, None, None, None, None, None, "", "", delivery)
-    user: dict[str, str] = {}
-    content_type = key = reply_to = correlation = None
     lines = header.decode("utf-8", "replace").split("\r\n")
-    # lines[0] is "NATS/1.0" (and a status). eventbus's own messages start with the
-    # attributes in a fixed order: read those by position.
+    # lines[0] is "NATS/1.0" (and a status); the block ends with two empty lines.
     if (
-        len(lines) > 6
+        len(lines) > 7
         and lines[1] == "ce-specversion: 1.0"
         and lines[2][:7] == "ce-id: "
         and lines[3][:11] == "ce-source: "
         and lines[4][:9] == "ce-type: "
         and lines[5][:9] == "ce-time: "
     ):
-        id_: str | None = lines[2][7:].strip()
-        source = lines[3][11:].strip()
-        type_ = lines[4][9:].strip()
-        stamp = lines[5][9:].strip()
-        when = parse_time(stamp)
-        if when is None:
-            user["ce-time"] = stamp
-        first = 6
-    else:  # a plain client's headers: recognize Content-Type and CE-Id in any case
-        id_ = when = None
-        source = type_ = ""
-        first = 1
+        return _decode_own(topic, body, lines, delivery)
+    return _decode_any(topic, body, lines, delivery)
+
+
+def _decode_own(topic: str, body: bytes, lines: list[str], delivery: Delivery | None) -> Message:
+    """An eventbus header block: attributes in `encode_headers`'s order, read by position."""
+    user: dict[str, str] = {}
+    stamp = lines[5][9:].strip()
+    when = parse_time(stamp)
+    if when is None:
+        user["ce-time"] = stamp
+    content_type = key = reply_to = correlation = None
+    index = 6
+    line = lines[6]
+    if line[:14] == "content-type: ":
+        content_type = line[14:].strip()
+        index += 1
+        line = lines[index]
+    if line[:17] == "ce-partitionkey: ":
+        key = line[17:].strip()
+        index += 1
+        line = lines[index]
+    if line[:12] == "ce-replyto: ":
+        reply_to = line[12:].strip()
+        index += 1
+        line = lines[index]
+    if line[:18] == "ce-correlationid: ":
+        correlation = line[18:].strip()
+        index += 1
+        line = lines[index]
+    while line:  # user headers, up to the empty line that ends the block
+        name, sep, value = line.partition(":")
+        if sep:
+            user[name.strip()] = value.strip()
+        index += 1
+        line = lines[index]
+    return Message(
+        topic,
+        body,
+        user,
+        content_type,
+        lines[2][7:].strip(),
+        when,
+        key,
+        reply_to,
+        correlation,
+        lines[3][11:].strip(),
+        lines[4][9:].strip(),
+        delivery,
+    )
+
+
+def _decode_any(topic: str, body: bytes, lines: list[str], delivery: Delivery | None) -> Message:
+    """Any header block (a plain client's): ``Content-Type`` and ``CE-Id`` in any case."""
+    user: dict[str, str] = {}
+    id_ = content_type = key = reply_to = correlation = None
+    when = None
+    source = type_ = ""
     slots = _SLOTS
-    fold = first == 1
-    for index in range(first, len(lines)):
+    for index in range(1, len(lines)):
         name, sep, value = lines[index].partition(":")
         if not sep:
             continue
         value = value.strip()
+        name = name.strip()
         slot = slots.get(name)
         if slot is None:
-            name = name.strip()
-            slot = slots.get(name.lower()) if fold else None
+            slot = slots.get(name.lower())
             if slot is None:
                 user[name] = value
                 continue
