@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC
 from typing import Any
+from urllib.parse import unquote
 
 from nats.aio.client import Client
 
@@ -157,8 +158,9 @@ def hpub(subject: bytes, reply: bytes, header: bytes, body: bytes) -> bytes:
 
 # -- headers ------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN = re.compile(r"[!#$&'*+\-.^_`|~0-9A-Za-z]+")
 _good_names: set[str] = set()
+"""User header names that travel as they are (HTTP tokens without ``%``)."""
 _ID, _SOURCE, _TYPE, _TIME, _CONTENT_TYPE, _KEY, _REPLY_TO, _CORRELATION, _SPEC = range(9)
 _SLOTS = {
     "ce-id": _ID,
@@ -189,14 +191,19 @@ def _time(message: Message) -> str:
     return f"{_clock[1]}.{micro:06d}Z" if micro else _clock[1] + "Z"
 
 
-def _check_name(name: str) -> None:
-    if not _TOKEN.fullmatch(name):
-        raise EncodeError(
-            f"header name {name!r} cannot travel in NATS headers: use letters, digits "
-            "and !#$%&'*+-.^_`|~ only"
-        )
-    if len(_good_names) < 4096:
-        _good_names.add(name)
+def _wire_name(name: str) -> str:
+    """A user header name as it travels: itself if it is an HTTP token without ``%``,
+    else %-escaped UTF-8 (``x-ü`` -> ``x-%C3%BC``), which `decode` reverses."""
+    if _TOKEN.fullmatch(name):
+        if len(_good_names) < 4096:
+            _good_names.add(name)
+        return name
+    if not isinstance(name, str) or not name:
+        raise EncodeError(f"header name {name!r} cannot travel in NATS headers: it is empty")
+    return "".join(
+        char if _TOKEN.fullmatch(char) else "".join(f"%{b:02X}" for b in char.encode())
+        for char in name
+    )
 
 
 def encode_headers(message: Message, extra: str = "") -> bytes:
@@ -206,10 +213,13 @@ def encode_headers(message: Message, extra: str = "") -> bytes:
     attributes and ``content-type`` first (in a fixed order that `decode` reads without
     searching), then user headers (one that has an attribute's name is left out: the
     attribute wins, as in ``to_headers``), then ``extra`` (ready ``name: value\r\n``
-    lines). Line breaks inside values become spaces: NATS headers cannot carry them.
+    lines). A user header name that is not an HTTP token (``x-ü``, ``a b``) or holds a
+    ``%`` travels %-escaped (``x-%C3%BC``); `decode` restores it. Line breaks inside
+    values become spaces, and values lose surrounding blanks: NATS headers cannot carry
+    them.
 
     Raises:
-        EncodeError: a header name NATS cannot carry.
+        EncodeError: an empty header name.
     """
     text = (
         f"NATS/1.0\r\nce-specversion: 1.0\r\nce-id: {message.id}\r\n"
@@ -231,11 +241,12 @@ def encode_headers(message: Message, extra: str = "") -> bytes:
         lines += 1
     headers = message.headers
     if headers:
-        for name in headers:
-            if name not in _good_names:
-                _check_name(name)
         if not _SLOTS.keys().isdisjoint(headers):
             headers = {k: v for k, v in headers.items() if k not in _SLOTS}
+        for name in headers:
+            if name not in _good_names:
+                headers = {_wire_name(k): v for k, v in headers.items()}
+                break
         text += "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
         lines += len(headers)
     if extra:
@@ -320,7 +331,8 @@ def _decode_own(topic: str, body: bytes, lines: list[str], delivery: Delivery | 
     while line:  # user headers, up to the empty line that ends the block
         name, sep, value = line.partition(":")
         if sep:
-            user[name.strip()] = value.strip()
+            name = name.strip()
+            user[unquote(name) if "%" in name else name] = value.strip()
         index += 1
         line = lines[index]
     return Message(
