@@ -9,7 +9,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from eventbus import EventBus
+from eventbus import EventBus, Message
 from eventbus.brokers.nats import NatsBroker
 from tests.helpers import Inbox
 
@@ -166,3 +166,31 @@ async def test_eventbus_request_to_plain_responder(url: str, topic: str, plain: 
     bus = EventBus(url)
     async with bus:
         assert await bus.request(topic, {"a": 1, "b": 2}, timeout=5) == {"sum": 3}
+
+
+async def test_plain_request_to_an_eventbus_responder(url: str, topic: str, plain: Client) -> None:
+    """A plain client's nc.request() (NATS reply subject, no headers) gets the reply."""
+    bus = EventBus(url)
+
+    @bus.subscriber(topic, durable=False)
+    async def add(req: dict[str, int]) -> dict[str, int]:
+        return {"sum": req["a"] + req["b"]}
+
+    async with bus:
+        reply = await plain.request(topic, b'{"a": 1, "b": 2}', timeout=5)
+    assert json.loads(reply.data) == {"sum": 3}
+    assert reply.headers is not None
+    assert reply.headers["content-type"] == "application/json"
+
+
+async def test_a_message_eventbus_cannot_take_does_not_stop_the_connection(
+    broker: NatsBroker, topic: str, plain: Client
+) -> None:
+    inbox = Inbox()
+    sub = await broker.subscribe(topic, inbox.put, group="g")
+    # a publish straight into the consumer's delivery inbox, with a reply that is not
+    # a JetStream ack subject: logged and dropped, and the connection keeps reading
+    await plain.publish(sub._inbox.decode(), b"junk", reply="not.an.ack")  # type: ignore[union-attr]
+    await broker.publish(Message(topic, b"fine"))
+    (got,) = await inbox.wait_for(1)
+    assert got.body == b"fine"

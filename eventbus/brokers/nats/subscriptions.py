@@ -23,6 +23,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from eventbus.broker import Handler
@@ -199,11 +200,11 @@ class JetStreamSubscription:
         if not reply:
             self._on_status(header)
             return
+        delivered, seq = ack_metadata(reply)  # raises on a stray non-JetStream message
         self._requested -= 1
         if self._closing:
             self._returned.append(reply)
             return
-        delivered, seq = ack_metadata(reply)
         self.last_seq = seq
         message = decode(self.topic, data, header, Delivery(delivered - 1, seq))
         self._held[reply] = now
@@ -429,6 +430,8 @@ class CoreSubscription:
                 )
             return
         message = decode(self.topic if self._exact else subject.decode(), data, header, None)
+        if reply and message.reply_to is None:  # a plain client's request (nc.request)
+            message = replace(message, reply_to=reply.decode())
         if self._loader.backlog is None and (data or OBJECT not in message.headers):
             dispatcher.put(message)
         else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import logging
 import re
 from collections.abc import Callable
 from datetime import UTC
@@ -33,6 +34,8 @@ from nats.aio.client import Client
 
 from eventbus.errors import ConfigurationError, EncodeError
 from eventbus.message import Delivery, Message, format_time, parse_time
+
+log = logging.getLogger("eventbus")
 
 __all__ = [
     "OBJECT",
@@ -96,7 +99,10 @@ class Connection(Client):
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]  # nats-py's annotation omits None
             return
         self.stats["in_msgs"] += 1
-        route(subject, reply, data, headers)
+        try:
+            route(subject, reply, data, headers)
+        except Exception:  # never into nats-py's read loop: it would stop reading
+            log.exception("nats: dropped a message on %r that eventbus could not take", subject)
 
     def write(self, command: bytes) -> None:
         """Queue a protocol command for nats-py's flusher task. Never blocks.
