@@ -169,18 +169,46 @@ async def test_eventbus_request_to_plain_responder(url: str, topic: str, plain: 
 
 
 async def test_plain_request_to_an_eventbus_responder(url: str, topic: str, plain: Client) -> None:
-    """A plain client's nc.request() (NATS reply subject, no headers) gets the reply."""
+    """A plain client calls an eventbus endpoint: ``ce-replyto`` names its reply subject."""
     bus = EventBus(url)
 
     @bus.subscriber(topic, durable=False)
     async def add(req: dict[str, int]) -> dict[str, int]:
         return {"sum": req["a"] + req["b"]}
 
+    inbox = plain.new_inbox()
+    replies = await plain.subscribe(inbox)
     async with bus:
-        reply = await plain.request(topic, b'{"a": 1, "b": 2}', timeout=5)
+        headers = {"ce-replyto": inbox, "ce-correlationid": "c-1"}
+        await plain.publish(topic, b'{"a": 1, "b": 2}', headers=headers)
+        reply = await replies.next_msg(timeout=5)
     assert json.loads(reply.data) == {"sum": 3}
     assert reply.headers is not None
+    assert reply.headers["ce-correlationid"] == "c-1"
     assert reply.headers["content-type"] == "application/json"
+
+
+async def test_a_core_subscriber_that_answers_everything_does_not_ack_a_publish(
+    url: str, topic: str, plain: Client
+) -> None:
+    """A plain service replying to every message's reply subject (as NATS services do)
+    sees eventbus's JetStream publishes too; its answer is not taken for JetStream's."""
+
+    async def echo(msg: Msg) -> None:
+        if msg.reply:
+            await plain.publish(msg.reply, b"pong")
+
+    await plain.subscribe(topic, cb=echo)
+    await plain.flush()
+    inbox = Inbox()
+    bus = EventBus(url)
+    bus.subscriber(topic, group="g")(inbox.put)
+    async with bus:
+        for i in range(20):
+            await bus.publish(topic, {"n": i})
+        await inbox.wait_for(20)
+        stream = await plain.jetstream().stream_info(topic.replace(".", "_"))
+    assert stream.state.messages == 20
 
 
 async def test_a_message_eventbus_cannot_take_does_not_stop_the_connection(

@@ -452,18 +452,25 @@ class NatsBroker:
         await future
 
     def _on_puback(self, subject: bytes, reply: bytes, data: bytes, header: bytes | None) -> None:
-        entry = self._acks.pop(subject[len(self._ack_prefix) :], None)
-        if entry is None:
-            return
-        future = entry[0]
-        if future.done():
-            return
+        token = subject[len(self._ack_prefix) :]
         if header is not None and status(header) == b"503":
-            future.set_exception(_NoStream())
+            outcome: BaseException | None = _NoStream()
         elif b'"error"' in data:
-            future.set_exception(_api_error(data))
+            outcome = _api_error(data)
+        elif b'"seq"' in data:
+            outcome = None
         else:
-            future.set_result(None)
+            # Not JetStream's answer: a core subscriber of the topic that answers every
+            # message with a reply subject. Keep waiting for the real acknowledgement.
+            log.debug("nats: ignored a stray answer to a publish: %r", data[:80])
+            return
+        entry = self._acks.pop(token, None)
+        if entry is None or entry[0].done():
+            return
+        if outcome is None:
+            entry[0].set_result(None)
+        else:
+            entry[0].set_exception(outcome)
 
     def _topic(self, name: str) -> _Topic:
         if name.startswith(_INBOX):  # a peer's reply inbox: peers come and go, keep a few

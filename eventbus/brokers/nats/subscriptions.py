@@ -23,7 +23,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from eventbus.broker import Handler
@@ -430,8 +429,6 @@ class CoreSubscription:
                 )
             return
         message = decode(self.topic if self._exact else subject.decode(), data, header, None)
-        if reply and message.reply_to is None:  # a plain client's request (nc.request)
-            message = replace(message, reply_to=reply.decode())
         if self._loader.backlog is None and (data or OBJECT not in message.headers):
             dispatcher.put(message)
         else:
