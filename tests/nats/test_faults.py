@@ -189,3 +189,22 @@ async def test_killed_consumer_messages_go_to_another_member(url: str, topic: st
     redelivered = {m.id: m.redelivered for m in survivor.messages}
     assert set(held) <= set(redelivered)
     assert all(redelivered[i] >= 1 for i in held), "the killed member's messages are redeliveries"
+
+
+async def test_publish_to_a_hung_server_fails_within_timeout(
+    private_server: NatsServer, topic: str
+) -> None:
+    """The connection stays up but the server does not answer (SIGSTOP): no hang."""
+    bus = EventBus(private_server.url, timeout=1.0)
+    async with bus:
+        await bus.publish(topic, {"n": 0})
+        assert private_server.process is not None
+        private_server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(BrokerUnavailable, match=r"did not acknowledge within 1s"):
+                await bus.publish(topic, {"n": 1})
+            assert time.monotonic() - started < 1.0 + 1.0
+        finally:
+            private_server.process.send_signal(signal.SIGCONT)
+        await bus.publish(topic, {"n": 2})

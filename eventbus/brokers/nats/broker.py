@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import re
@@ -53,13 +54,14 @@ from eventbus.errors import (
     ReplayNotSupported,
     TopicNotFound,
 )
-from eventbus.message import Delivery, Message, new_id
+from eventbus.message import Delivery, Message, format_time, new_id
 
 __all__ = ["NatsBroker"]
 
 log = logging.getLogger("eventbus")
 
 check_client()
+_SKIPS_VALIDATION = "skip_subject_validation" in inspect.signature(Connection.connect).parameters
 
 _INBOX = "_INBOX."
 _RECONNECT_WAIT = 1.0
@@ -245,6 +247,9 @@ class NatsBroker:
         if self._nc is not None:
             return
         nc = Connection()
+        extra: dict[str, Any] = {}
+        if _SKIPS_VALIDATION:  # eventbus validates each topic once, not per message
+            extra["skip_subject_validation"] = True
         try:
             async with asyncio.timeout(self.timeout * 2 + _RECONNECT_WAIT):
                 await nc.connect(
@@ -258,7 +263,7 @@ class NatsBroker:
                     reconnect_time_wait=_RECONNECT_WAIT,  # type: ignore[arg-type]
                     connect_timeout=self.timeout,  # type: ignore[arg-type]
                     tls=self._tls,
-                    skip_subject_validation=True,  # eventbus validates each topic once
+                    **extra,
                 )
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             await _quietly(nc.close())
@@ -341,28 +346,35 @@ class NatsBroker:
         beat = 0
         while True:
             await asyncio.sleep(interval)
-            now = loop.time()
-            acks = self._acks
-            expired = []
-            for token, (_, deadline) in acks.items():  # oldest first
-                if deadline > now:
-                    break
-                expired.append(token)
-            for token in expired:
-                future = acks.pop(token)[0]
-                if not future.done():
-                    future.set_exception(
-                        BrokerUnavailable(
-                            f"JetStream at {self.url} did not acknowledge within "
-                            f"{self.timeout:g}s: the message may or may not be stored"
-                        )
-                    )
             beat += 1
-            if beat * interval >= 1.0 or stale < 2.0:
+            care = beat * interval >= 1.0 or stale < 2.0
+            if care:
                 beat = 0
-                for sub in list(self._subscriptions):
-                    if isinstance(sub, JetStreamSubscription):
-                        sub.check(now, stale)
+            try:
+                self._expire_acks(loop.time())
+                if care:
+                    for sub in list(self._subscriptions):
+                        if isinstance(sub, JetStreamSubscription):
+                            sub.check(loop.time(), stale)
+            except Exception:  # the ticker must outlive any one bad turn
+                log.exception("nats: %r: periodic care failed", self)
+
+    def _expire_acks(self, now: float) -> None:
+        acks = self._acks
+        expired = []
+        for token, (_, deadline) in acks.items():  # oldest first
+            if deadline > now:
+                break
+            expired.append(token)
+        for token in expired:
+            future = acks.pop(token)[0]
+            if not future.done():
+                future.set_exception(
+                    BrokerUnavailable(
+                        f"JetStream at {self.url} did not acknowledge within "
+                        f"{self.timeout:g}s: the message may or may not be stored"
+                    )
+                )
 
     def _fail_acks(self, exc: Exception) -> None:
         acks, self._acks = self._acks, {}
@@ -780,7 +792,7 @@ class NatsBroker:
             if since is not None:
                 settings = {
                     "deliver_policy": DeliverPolicy.BY_START_TIME,
-                    "opt_start_time": since - _CLOCK_SKEW,
+                    "opt_start_time": format_time(since - _CLOCK_SKEW),  # str for every nats-py
                 }
             config = ConsumerConfig(
                 ack_policy=AckPolicy.NONE,
