@@ -652,7 +652,8 @@ class NatsBroker:
                 concurrency=concurrency,
                 last_seq=info.delivered.stream_seq if info.delivered else 0,
             )
-        await sub.start()
+        async with _translated(f"subscribing to {topic!r}", self):
+            await sub.start()
         self._subscriptions.add(sub)
         return sub
 
@@ -754,7 +755,8 @@ class NatsBroker:
         if self._closed:
             raise ClosedError("cannot open an inbox: the broker is closed")
         inbox = CoreSubscription(self, self.connection.new_inbox(), None, handler)
-        await inbox.start()
+        async with _translated("opening the reply inbox", self):
+            await inbox.start()
         self._subscriptions.add(inbox)
         return inbox
 

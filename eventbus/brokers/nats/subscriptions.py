@@ -20,6 +20,7 @@ keep delivery order while a large body is fetched from the object store (`Loader
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -407,10 +408,19 @@ class CoreSubscription:
         return f"CoreSubscription({self.topic!r}, group={self.group!r})"
 
     async def start(self) -> None:
-        sub = await self._nc.subscribe(self.topic, queue=self.group or "")
+        """Subscribe; return once the server has the subscription (a PING round trip)."""
+        nc = self._nc
+        sub = await nc.subscribe(self.topic, queue=self.group or "")
         self._sub = sub
         self._sid = sub._id
-        self._nc.routes[self._sid] = self._on_message
+        nc.routes[self._sid] = self._on_message  # messages wait in the dispatcher's buffer
+        try:
+            await nc.flush(timeout=self._broker.timeout)  # type: ignore[arg-type]
+        except BaseException:
+            nc.routes.pop(self._sid, None)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            raise
         self._dispatcher.start()
 
     def _on_message(self, subject: bytes, reply: bytes, data: bytes, header: bytes | None) -> None:
