@@ -179,7 +179,7 @@ def test_bad_settings_are_refused(url: str, options: dict[str, object]) -> None:
 
 def test_several_servers() -> None:
     broker = NatsBroker("nats://a:4222, b:4223,tls://c:4224")
-    assert broker.servers == ["nats://a:4222", "nats://b:4223", "tls://c:4224"]
+    assert broker.settings.servers == ("nats://a:4222", "nats://b:4223", "tls://c:4224")
 
 
 def test_user_headers_named_like_attributes() -> None:

@@ -4,45 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import logging
 import re
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import nats.errors
-import nats.js.errors
-from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    ConsumerInfo,
-    DeliverPolicy,
-    DiscardPolicy,
-    ObjectStoreConfig,
-    StorageType,
-    StreamConfig,
-)
-from nats.js.object_store import ObjectStore
 
 from eventbus.broker import Capabilities, Handler
+from eventbus.brokers.nats.acks import NoStream, PublishAcks
+from eventbus.brokers.nats.jetstream import API, JetStream
+from eventbus.brokers.nats.settings import (
+    Settings,
+    durable_option,
+    quietly,
+    translated,
+)
 from eventbus.brokers.nats.subscriptions import CoreSubscription, JetStreamSubscription
 from eventbus.brokers.nats.wire import (
-    OBJECT,
     Connection,
     check_client,
-    consumer_name,
-    decode,
     encode_headers,
     hpub,
     plain,
-    pub,
-    status,
-    stream_name,
     validate_topic,
 )
 from eventbus.errors import (
@@ -50,11 +36,10 @@ from eventbus.errors import (
     BrokerUnavailable,
     ClosedError,
     ConfigurationError,
-    EncodeError,
     ReplayNotSupported,
     TopicNotFound,
 )
-from eventbus.message import Delivery, Message, format_time, new_id
+from eventbus.message import Message
 
 __all__ = ["NatsBroker"]
 
@@ -65,19 +50,8 @@ _SKIPS_VALIDATION = "skip_subject_validation" in inspect.signature(Connection.co
 
 _INBOX = "_INBOX."
 _RECONNECT_WAIT = 1.0
-_MAX_ACK_PENDING = 20_000
-_EPHEMERAL_IDLE = 300.0
-"""Seconds before the server drops the ephemeral consumer of a fan-out subscriber that went
-away without closing (a killed process)."""
-_CLOCK_SKEW = timedelta(minutes=1)
-"""How far publishers' clocks may run ahead of the server's for `replay` ``since``: the
-server starts that much earlier (by its own timestamps), eventbus then filters exactly."""
 _Subscription = JetStreamSubscription | CoreSubscription
 _SPACE = re.compile(r"\s")
-
-
-class _NoStream(Exception):
-    """JetStream answered 'no responders': the topic's stream is gone."""
 
 
 class _Topic:
@@ -173,47 +147,35 @@ class NatsBroker:
         tls: ssl.SSLContext | None = None,
         **unknown: object,
     ) -> None:
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option(s) {', '.join(sorted(unknown))} for nats://; it takes: "
-                "grace, timeout, ack_wait, prefetch, max_age, max_msgs, max_bytes, storage, "
-                "replicas, object_bucket, tls"
-            )
+        self.settings = Settings.parse(
+            url,
+            {
+                "grace": grace,
+                "timeout": timeout,
+                "ack_wait": ack_wait,
+                "prefetch": prefetch,
+                "max_age": max_age,
+                "max_msgs": max_msgs,
+                "max_bytes": max_bytes,
+                "storage": storage,
+                "replicas": replicas,
+                "object_bucket": object_bucket,
+                "tls": tls,
+            },
+            unknown,
+        )
+        """The checked settings."""
         self.url = url
-        self.servers = _servers(url)
-        self.grace = _positive("grace", grace, zero=True)
-        self.timeout = _positive("timeout", timeout)
-        self.ack_wait = _positive("ack_wait", ack_wait)
-        self.prefetch = _count("prefetch", prefetch)
-        self.max_age = None if max_age is None else _positive("max_age", max_age)
-        self.max_msgs = None if max_msgs is None else _count("max_msgs", max_msgs)
-        self.max_bytes = None if max_bytes is None else _count("max_bytes", max_bytes)
-        if storage not in ("file", "memory"):
-            raise ConfigurationError(f"storage must be 'file' or 'memory', not {storage!r}")
-        self.storage = StorageType.FILE if storage == "file" else StorageType.MEMORY
-        self.replicas = _count("replicas", replicas)
-        if not object_bucket or not all(c.isalnum() or c in "-_" for c in object_bucket):
-            raise ConfigurationError(
-                f"object_bucket must be letters, digits, '-' and '_', not {object_bucket!r}"
-            )
-        self.object_bucket = object_bucket
-        if tls is not None and not isinstance(tls, ssl.SSLContext):
-            raise ConfigurationError(f"tls must be an ssl.SSLContext, not {tls!r}")
-        self._tls = tls
-        self.api = "$JS.API"
+        self.api = API
         self._nc: Connection | None = None
-        self._js: JetStreamContext | None = None
+        self._js: JetStream | None = None
         self._closed = False
         self._connected = asyncio.Event()
         self._topics: dict[str, _Topic] = {}
         self._inboxes: dict[str, _Topic] = {}
         self._subscriptions: set[_Subscription] = set()
-        self._acks: dict[bytes, tuple[asyncio.Future[None], float]] = {}
-        self._ack_prefix = b""
-        self._tokens = itertools.count()
+        self._acks = PublishAcks(url, self.settings.timeout)
         self._ticker: asyncio.Task[None] | None = None
-        self._store: ObjectStore | None = None
-        self._stores: dict[str, ObjectStore] = {}
         self._outage = False
 
     def __repr__(self) -> str:
@@ -227,8 +189,8 @@ class NatsBroker:
         return self._nc
 
     @property
-    def jetstream(self) -> JetStreamContext:
-        """nats-py's JetStream context on this connection, for what eventbus does not cover."""
+    def jetstream(self) -> JetStream:
+        """The JetStream side of this connection (``.context`` is nats-py's own)."""
         if self._js is None:
             raise BrokerUnavailable(f"{self!r} is not connected: call connect() first")
         return self._js
@@ -251,9 +213,9 @@ class NatsBroker:
         if _SKIPS_VALIDATION:  # eventbus validates each topic once, not per message
             extra["skip_subject_validation"] = True
         try:
-            async with asyncio.timeout(self.timeout * 2 + _RECONNECT_WAIT):
+            async with asyncio.timeout(self.settings.timeout * 2 + _RECONNECT_WAIT):
                 await nc.connect(
-                    self.servers,
+                    list(self.settings.servers),
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
@@ -261,24 +223,21 @@ class NatsBroker:
                     allow_reconnect=True,
                     max_reconnect_attempts=1,  # for this first connect; forever afterwards
                     reconnect_time_wait=_RECONNECT_WAIT,  # type: ignore[arg-type]
-                    connect_timeout=self.timeout,  # type: ignore[arg-type]
-                    tls=self._tls,
+                    connect_timeout=self.settings.timeout,  # type: ignore[arg-type]
+                    tls=self.settings.tls,
                     **extra,
                 )
         except (OSError, TimeoutError, nats.errors.Error) as exc:
-            await _quietly(nc.close())
+            await quietly(nc.close())
             raise BrokerUnavailable(
                 f"cannot connect to NATS at {self.url}: {plain(exc)}; is nats-server running "
                 "and reachable?"
             ) from exc
         nc.options["max_reconnect_attempts"] = -1
         self._nc = nc
-        self._js = nc.jetstream(timeout=self.timeout)
+        self._js = JetStream(nc, self.settings)
         self._connected.set()
-        acks = nc.new_inbox()
-        self._ack_prefix = f"{acks}.".encode()
-        sub = await nc.subscribe(f"{acks}.*")
-        nc.routes[sub._id] = self._on_puback
+        await self._acks.open(nc)
         self._ticker = asyncio.create_task(self._tick(), name=f"eventbus:{self!r}:ticker")
 
     async def close(self) -> None:
@@ -292,21 +251,18 @@ class NatsBroker:
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
-        self._fail_acks(ClosedError("the broker closed before JetStream acknowledged"))
+        self._acks.fail(ClosedError("the broker closed before JetStream acknowledged"))
         self._connected.set()  # wake publishers waiting for a reconnect: they see _closed
         if self._nc is not None:
-            await _quietly(self._nc.close())
+            await quietly(self._nc.close())
 
     async def forget(self, sub: _Subscription) -> None:
         """Drop a closed subscription from the broker's books (and its ephemeral consumer)."""
         self._subscriptions.discard(sub)
         if isinstance(sub, JetStreamSubscription) and sub.group is None and self._js:
             nc = self._nc
-            if nc is not None and nc.is_connected:
-                try:
-                    await self._js.delete_consumer(sub.stream, sub.consumer)
-                except Exception as exc:  # it expires after _EPHEMERAL_IDLE anyway
-                    log.debug("nats: deleting consumer %s: %s", sub.consumer, plain(exc))
+            if nc is not None and nc.is_connected:  # else the server drops it when idle
+                await self._js.delete_consumer(sub.stream, sub.consumer)
 
     async def _on_error(self, exc: Exception) -> None:
         if self._outage or self._closed:
@@ -316,7 +272,7 @@ class NatsBroker:
 
     async def _on_disconnected(self) -> None:
         self._connected.clear()
-        self._fail_acks(
+        self._acks.fail(
             BrokerUnavailable(
                 f"lost the connection to NATS at {self.url} before JetStream acknowledged "
                 "the message: it may or may not be stored"
@@ -341,8 +297,8 @@ class NatsBroker:
     async def _tick(self) -> None:
         """Expire unanswered publishes; revive silent pulls; keep held messages reserved."""
         loop = asyncio.get_running_loop()
-        interval = min(0.25, self.ack_wait / 4)
-        stale = self.ack_wait / 2
+        interval = min(0.25, self.settings.ack_wait / 4)
+        stale = self.settings.ack_wait / 2
         beat = 0
         while True:
             await asyncio.sleep(interval)
@@ -351,7 +307,7 @@ class NatsBroker:
             if care:
                 beat = 0
             try:
-                self._expire_acks(loop.time())
+                self._acks.expire(loop.time())
                 if care:
                     for sub in list(self._subscriptions):
                         if isinstance(sub, JetStreamSubscription):
@@ -359,37 +315,14 @@ class NatsBroker:
             except Exception:  # the ticker must outlive any one bad turn
                 log.exception("nats: %r: periodic care failed", self)
 
-    def _expire_acks(self, now: float) -> None:
-        acks = self._acks
-        expired = []
-        for token, (_, deadline) in acks.items():  # oldest first
-            if deadline > now:
-                break
-            expired.append(token)
-        for token in expired:
-            future = acks.pop(token)[0]
-            if not future.done():
-                future.set_exception(
-                    BrokerUnavailable(
-                        f"JetStream at {self.url} did not acknowledge within "
-                        f"{self.timeout:g}s: the message may or may not be stored"
-                    )
-                )
-
-    def _fail_acks(self, exc: Exception) -> None:
-        acks, self._acks = self._acks, {}
-        for future, _ in acks.values():
-            if not future.done():
-                future.set_exception(exc)
-
     async def _wait_connected(self, topic: str) -> Connection:
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.settings.timeout):
                 await self._connected.wait()
         except TimeoutError:
             raise BrokerUnavailable(
                 f"cannot publish to {topic!r}: NATS at {self.url} is unreachable (still "
-                f"reconnecting after {self.timeout:g}s)"
+                f"reconnecting after {self.settings.timeout:g}s)"
             ) from None
         if self._closed:
             raise ClosedError(f"cannot publish to {topic!r}: the broker is closed")
@@ -419,7 +352,7 @@ class NatsBroker:
         if options:
             durable = options.get("durable", True)  # type: ignore[assignment]
             if durable.__class__ is not bool or len(options) > 1:
-                durable = _durable(options, "publish")
+                durable = durable_option(options, "publish")
         nc = self._nc
         if nc is None:
             raise BrokerUnavailable(f"{self!r} is not connected: call connect() first")
@@ -432,7 +365,7 @@ class NatsBroker:
         header = encode_headers(message)
         body = message.body
         if len(header) + len(body) > nc.max_payload:
-            header = await self._store_body(message, nc.max_payload)
+            header = await self.jetstream.store_body(message, nc.max_payload)
             body = b""
         if not durable or message.reply_to is not None or name.startswith(_INBOX):
             nc.write(hpub(state.subject, b"", header, body))
@@ -442,47 +375,16 @@ class NatsBroker:
         if state.stream is None:
             await self._ensure_stream(state)
         try:
-            await self._publish_acked(nc, state.subject, header, body)
-        except _NoStream:  # the stream was deleted under us: create it again, once
+            await self._acks.publish(nc, state.subject, header, body)
+        except NoStream:  # the stream was deleted under us: create it again, once
             state.stream = None
             await self._ensure_stream(state)
             try:
-                await self._publish_acked(nc, state.subject, header, body)
-            except _NoStream:
+                await self._acks.publish(nc, state.subject, header, body)
+            except NoStream:
                 raise BrokerError(
                     f"no JetStream stream takes {name!r} even after creating one"
                 ) from None
-
-    async def _publish_acked(
-        self, nc: Connection, subject: bytes, header: bytes, body: bytes
-    ) -> None:
-        token = b"%x" % next(self._tokens)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._acks[token] = (future, loop.time() + self.timeout)
-        nc.write(hpub(subject, self._ack_prefix + token, header, body))
-        await future
-
-    def _on_puback(self, subject: bytes, reply: bytes, data: bytes, header: bytes | None) -> None:
-        token = subject[len(self._ack_prefix) :]
-        if header is not None and status(header) == b"503":
-            outcome: BaseException | None = _NoStream()
-        elif b'"error"' in data:
-            outcome = _api_error(data)
-        elif b'"seq"' in data:
-            outcome = None
-        else:
-            # Not JetStream's answer: a core subscriber of the topic that answers every
-            # message with a reply subject. Keep waiting for the real acknowledgement.
-            log.debug("nats: ignored a stray answer to a publish: %r", data[:80])
-            return
-        entry = self._acks.pop(token, None)
-        if entry is None or entry[0].done():
-            return
-        if outcome is None:
-            entry[0].set_result(None)
-        else:
-            entry[0].set_exception(outcome)
 
     def _topic(self, name: str) -> _Topic:
         if name.startswith(_INBOX):  # a peer's reply inbox: peers come and go, keep a few
@@ -502,100 +404,10 @@ class NatsBroker:
         if state.stream is not None:
             return state.stream
         if state.ensuring is None or (state.ensuring.done() and state.ensuring.exception()):
-            state.ensuring = asyncio.create_task(self._find_or_create_stream(state.name))
+            state.ensuring = asyncio.create_task(self.jetstream.stream_for(state.name))
         stream = await asyncio.shield(state.ensuring)
         state.stream = stream
         return stream
-
-    async def _find_or_create_stream(self, topic: str) -> str:
-        js = self.jetstream
-        async with _translated(f"finding the JetStream stream of {topic!r}", self):
-            try:
-                return await js.find_stream_name_by_subject(topic)
-            except nats.js.errors.NotFoundError:
-                pass
-            name = stream_name(topic)
-            config = StreamConfig(
-                name=name,
-                description=f"eventbus topic {topic}",
-                subjects=[topic],
-                storage=self.storage,
-                num_replicas=self.replicas,
-                max_age=self.max_age,
-                max_msgs=self.max_msgs,
-                max_bytes=self.max_bytes,
-                discard=DiscardPolicy.OLD,
-            )
-            try:
-                await js.add_stream(config)
-            except nats.js.errors.BadRequestError:  # created meanwhile, or a name clash
-                try:
-                    return await js.find_stream_name_by_subject(topic)
-                except nats.js.errors.NotFoundError:
-                    raise BrokerError(
-                        f"cannot create JetStream stream {name!r} for topic {topic!r}: a stream "
-                        "of that name exists for other subjects"
-                    ) from None
-            log.info("nats: created JetStream stream %s for topic %s", name, topic)
-            return name
-
-    # -- large bodies ----------------------------------------------------------------------
-
-    async def _store_body(self, message: Message, limit: int) -> bytes:
-        """Put the body in the object store; return the header block that points to it."""
-        store = await self._object_store()
-        name = new_id()
-        async with _translated(f"storing the {len(message.body)}-byte body of a message", self):
-            await store.put(name, message.body)
-        header = encode_headers(message, f"{OBJECT}: {self.object_bucket}/{name}\r\n")
-        if len(header) > limit:
-            raise EncodeError(
-                f"the headers of the message to {message.topic!r} take {len(header)} bytes, "
-                f"more than the server's max_payload of {limit}"
-            )
-        return header
-
-    async def _object_store(self) -> ObjectStore:
-        if self._store is not None:
-            return self._store
-        js = self.jetstream
-        bucket = self.object_bucket
-        async with _translated(f"opening object store bucket {bucket!r}", self):
-            try:
-                store = await js.object_store(bucket)
-            except nats.js.errors.NotFoundError:
-                config = ObjectStoreConfig(
-                    description="eventbus: message bodies larger than max_payload",
-                    ttl=self.max_age,
-                    storage=self.storage,
-                    replicas=self.replicas,
-                )
-                store = await js.create_object_store(bucket, config)
-        self._store = store
-        return store
-
-    async def load_body(self, message: Message) -> Message:
-        """Return ``message`` with its body loaded from the object store.
-
-        Raises:
-            LookupError: the object is gone (expired or deleted).
-            BrokerUnavailable: the object store cannot be reached.
-        """
-        bucket, _, name = message.headers[OBJECT].partition("/")
-        js = self.jetstream
-        async with _translated(f"loading the body of {message.topic!r}", self):
-            try:
-                store = self._stores.get(bucket)
-                if store is None:
-                    store = self._stores[bucket] = await js.object_store(bucket)
-                result = await store.get(name)
-            except nats.js.errors.NotFoundError:
-                raise LookupError(
-                    f"the body of {message.topic!r} (id={message.id}) is gone from object "
-                    f"store {bucket!r} (object {name!r})"
-                ) from None
-        headers = {k: v for k, v in message.headers.items() if k != OBJECT}
-        return replace(message, body=result.data or b"", headers=headers)
 
     # -- subscribing -----------------------------------------------------------------------
 
@@ -628,7 +440,7 @@ class NatsBroker:
             raise ConfigurationError(
                 f"concurrency must be a whole number >= 1, not {concurrency!r}"
             )
-        durable = _durable(options, "subscribe") if "durable" in options else True
+        durable = durable_option(options, "subscribe") if "durable" in options else True
         if group is not None and (
             not isinstance(group, str) or not group or any(c.isspace() for c in group)
         ):
@@ -641,7 +453,7 @@ class NatsBroker:
         else:
             state = self._topics.get(topic) or self._topic(topic)
             stream = await self._ensure_stream(state)
-            info = await self._create_consumer(stream, topic, group)
+            info = await self.jetstream.create_consumer(stream, topic, group)
             sub = JetStreamSubscription(
                 self,
                 topic,
@@ -652,110 +464,17 @@ class NatsBroker:
                 concurrency=concurrency,
                 last_seq=info.delivered.stream_seq if info.delivered else 0,
             )
-        async with _translated(f"subscribing to {topic!r}", self):
+        async with translated(f"subscribing to {topic!r}", self.url):
             await sub.start()
         self._subscriptions.add(sub)
         return sub
-
-    def _consumer_config(self, topic: str, **settings: Any) -> ConsumerConfig:
-        return ConsumerConfig(
-            ack_policy=AckPolicy.EXPLICIT,
-            filter_subject=topic,
-            ack_wait=self.ack_wait,
-            max_deliver=-1,
-            max_ack_pending=_MAX_ACK_PENDING,
-            **settings,
-        )
-
-    def _group_consumer(self, stream: str, topic: str, group: str) -> str:
-        # In eventbus's own stream the group name is unique; a shared stream (one that
-        # captures other subjects too) needs the topic in the name as well.
-        if stream == stream_name(topic):
-            return consumer_name(group)
-        return consumer_name(f"{group}.{topic}")
-
-    async def _create_consumer(
-        self, stream: str, topic: str, group: str | None, start: dict[str, Any] | None = None
-    ) -> ConsumerInfo:
-        js = self.jetstream
-        async with _translated(f"creating a consumer on {topic!r}", self):
-            if group is None:
-                config = self._consumer_config(
-                    topic,
-                    deliver_policy=DeliverPolicy.NEW,
-                    inactive_threshold=_EPHEMERAL_IDLE,
-                    mem_storage=True,
-                    description=f"eventbus fan-out subscriber of {topic}",
-                )
-                info: ConsumerInfo = await js.add_consumer(stream, config)
-                return info
-            name = self._group_consumer(stream, topic, group)
-            try:
-                info = await js.consumer_info(stream, name)
-            except nats.js.errors.NotFoundError:
-                config = self._consumer_config(
-                    topic,
-                    durable_name=name,
-                    description=f"eventbus group {group} on {topic}",
-                    **(start or {"deliver_policy": DeliverPolicy.NEW}),
-                )
-                try:
-                    return await js.add_consumer(stream, config)
-                except nats.js.errors.BadRequestError:  # another member created it meanwhile
-                    info = await js.consumer_info(stream, name)
-            if info.config.filter_subject not in (None, "", topic):
-                raise ConfigurationError(
-                    f"JetStream consumer {name!r} of stream {stream!r} exists for "
-                    f"{info.config.filter_subject!r}, not {topic!r}: pick another group name"
-                )
-            return info
-
-    async def ensure_consumer(self, sub: JetStreamSubscription) -> str:
-        """Make sure ``sub``'s consumer exists (the server may have lost it); return its name.
-
-        A lost consumer is re-created from the message after the last one ``sub``
-        received. For a group with several members that is this member's view: messages
-        other members had taken but not acknowledged before the loss are not
-        redelivered (a warning says so).
-        """
-        js = self.jetstream
-        async with _translated(f"checking consumer {sub.consumer!r}", self):
-            try:
-                await js.consumer_info(sub.stream, sub.consumer)
-                return sub.consumer
-            except nats.js.errors.NotFoundError:
-                pass
-            resume = {
-                "deliver_policy": DeliverPolicy.BY_START_SEQUENCE,
-                "opt_start_seq": sub.last_seq + 1,
-            }
-            if sub.group is not None:
-                log.warning(
-                    "nats: consumer %s of group %s on %s is gone; re-creating it from stream "
-                    "sequence %d (what other members had not acknowledged is not redelivered)",
-                    sub.consumer,
-                    sub.group,
-                    sub.topic,
-                    sub.last_seq + 1,
-                )
-                info = await self._create_consumer(sub.stream, sub.topic, sub.group, resume)
-                return info.name
-            config = self._consumer_config(
-                sub.topic,
-                inactive_threshold=_EPHEMERAL_IDLE,
-                mem_storage=True,
-                description=f"eventbus fan-out subscriber of {sub.topic}",
-                **resume,
-            )
-            info = await js.add_consumer(sub.stream, config)
-            return info.name
 
     async def open_inbox(self, handler: Handler) -> CoreSubscription:
         """Open this connection's reply inbox ``_INBOX.<nuid>`` (core NATS, keeps nothing)."""
         if self._closed:
             raise ClosedError("cannot open an inbox: the broker is closed")
         inbox = CoreSubscription(self, self.connection.new_inbox(), None, handler)
-        async with _translated("opening the reply inbox", self):
+        async with translated("opening the reply inbox", self.url):
             await inbox.start()
         self._subscriptions.add(inbox)
         return inbox
@@ -768,7 +487,7 @@ class NatsBroker:
         Reads the stream with a temporary consumer (from the start, or from a minute
         before ``since`` by the server's clock), then keeps exactly the messages whose
         `Message.time` is ``since`` or later. Stops at the last message stored when the
-        replay began.
+        replay began. Bodies kept in the object store are loaded.
 
         Raises:
             TopicNotFound: no stream holds the topic (nothing was published to it durably).
@@ -780,173 +499,11 @@ class NatsBroker:
         if topic.startswith(_INBOX):
             raise ReplayNotSupported(f"{topic!r} is a reply inbox: core NATS keeps nothing")
         validate_topic(topic)
-        nc = self.connection
-        js = self.jetstream
-        async with _translated(f"replaying {topic!r}", self):
-            try:
-                stream = await js.find_stream_name_by_subject(topic)
-            except nats.js.errors.NotFoundError:
-                raise TopicNotFound(
-                    f"no JetStream stream holds {topic!r}: nothing was published to it "
-                    "durably (durable=False messages are not kept)"
-                ) from None
-            settings: dict[str, Any] = {"deliver_policy": DeliverPolicy.ALL}
-            if since is not None:
-                settings = {
-                    "deliver_policy": DeliverPolicy.BY_START_TIME,
-                    "opt_start_time": format_time(since - _CLOCK_SKEW),  # str for every nats-py
-                }
-            config = ConsumerConfig(
-                ack_policy=AckPolicy.NONE,
-                filter_subject=topic,
-                inactive_threshold=60.0,
-                mem_storage=True,
-                description=f"eventbus replay of {topic}",
-                **settings,
+        stream = await self.jetstream.find_stream(topic)
+        if stream is None:
+            raise TopicNotFound(
+                f"no JetStream stream holds {topic!r}: nothing was published to it durably "
+                "(durable=False messages are not kept)"
             )
-            info = await js.add_consumer(stream, config)
-        queue: asyncio.Queue[tuple[bytes, bytes, bytes | None]] = asyncio.Queue()
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        nc.routes[sub._id] = lambda subject, reply, data, header: queue.put_nowait(
-            (reply, data, header)
-        )
-        next_subject = f"{self.api}.CONSUMER.MSG.NEXT.{stream}.{info.name}".encode()
-        remaining = info.num_pending or 0
-        try:
-            while remaining > 0:
-                batch = min(remaining, 512)
-                expires = int(self.timeout * 1e9)
-                nc.write(
-                    pub(
-                        next_subject,
-                        inbox.encode(),
-                        b'{"batch":%d,"expires":%d}' % (batch, expires),
-                    )
-                )
-                for _ in range(batch):
-                    try:
-                        async with asyncio.timeout(self.timeout + 1.0):
-                            reply, data, header = await queue.get()
-                    except TimeoutError:
-                        raise BrokerUnavailable(
-                            f"replay of {topic!r} stalled: no message from JetStream within "
-                            f"{self.timeout:g}s"
-                        ) from None
-                    if not reply:  # 408: the rest was removed meanwhile (retention limits)
-                        remaining = 0
-                        break
-                    tokens = reply.split(b".")
-                    seq, pending = (
-                        (tokens[5], tokens[8]) if len(tokens) == 9 else (tokens[7], tokens[10])
-                    )
-                    remaining = int(pending)
-                    message = decode(topic, data, header, Delivery(offset=int(seq)))
-                    if not data and OBJECT in message.headers:
-                        message = await self.load_body(message)
-                    if since is None or message.time >= since:
-                        yield message
-                    if remaining == 0:
-                        break
-        finally:
-            nc.routes.pop(sub._id, None)
-            await _quietly(sub.unsubscribe())
-            await _quietly(js.delete_consumer(stream, info.name))
-
-
-# -- helpers -------------------------------------------------------------------------------
-
-
-def _servers(url: str) -> list[str]:
-    servers = []
-    scheme = ""
-    for part in url.split(","):
-        part = part.strip()
-        if "://" not in part and scheme:
-            part = f"{scheme}://{part}"
-        parts = urlsplit(part)
-        if parts.scheme not in ("nats", "tls") or not parts.hostname:
-            raise ConfigurationError(
-                f"bad NATS URL {url!r}: use nats://host:4222 or tls://host:4222 (several "
-                "servers separated by commas)"
-            )
-        try:
-            parts.port  # noqa: B018  # raises on a bad port
-        except ValueError as exc:
-            raise ConfigurationError(f"bad NATS URL {url!r}: {exc}") from None
-        scheme = parts.scheme
-        servers.append(part)
-    return servers
-
-
-def _positive(name: str, value: object, *, zero: bool = False) -> float:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or value < 0
-        or (value == 0 and not zero)
-    ):
-        raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigurationError(f"{name} must be a whole number >= 1, not {value!r}")
-    return value
-
-
-def _durable(options: dict[str, object], where: str) -> bool:
-    unknown = sorted(set(options) - {"durable"}) if where == "publish" else []
-    if unknown:
-        raise ConfigurationError(
-            f"unknown option(s) {', '.join(unknown)} for publishing on nats://; it takes: durable"
-        )
-    durable = options.get("durable", True)
-    if not isinstance(durable, bool):
-        raise ConfigurationError(f"durable must be True or False, not {durable!r}")
-    return durable
-
-
-def _api_error(data: bytes) -> BrokerError:
-    import json
-
-    try:
-        error = json.loads(data)["error"]
-        text = f"{error.get('description', error)} (code {error.get('err_code', '?')})"
-    except (ValueError, KeyError, TypeError, AttributeError):
-        text = data.decode("utf-8", "replace")
-    return BrokerError(f"JetStream refused the message: {text}")
-
-
-async def _quietly(awaitable: Any) -> None:
-    try:
-        await awaitable
-    except Exception as exc:
-        log.debug("nats: while closing: %s", plain(exc))
-
-
-class _translated:
-    """Turn nats-py errors of a management call into eventbus errors (context manager)."""
-
-    def __init__(self, doing: str, broker: NatsBroker) -> None:
-        self._doing = doing
-        self._broker = broker
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> None:
-        if exc is None or not isinstance(exc, nats.errors.Error | OSError | TimeoutError):
-            return
-        url = self._broker.url
-        if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.ServiceUnavailableError):
-            raise BrokerError(
-                f"{self._doing}: JetStream does not answer at {url}: is the server started "
-                "with JetStream (nats-server -js)? Use durable=False for core NATS only"
-            ) from exc
-        if isinstance(exc, nats.js.errors.APIError):
-            raise BrokerError(f"{self._doing}: JetStream refused: {plain(exc)}") from exc
-        raise BrokerUnavailable(f"{self._doing}: NATS at {url}: {plain(exc)}") from exc
+        async for message in self.jetstream.replay(stream, topic, since):
+            yield message

@@ -141,7 +141,7 @@ class JetStreamSubscription:
         self._broker = broker
         self._nc = broker.connection
         self._handler = handler
-        self._prefetch = max(broker.prefetch, concurrency)
+        self._prefetch = max(broker.settings.prefetch, concurrency)
         self._low = self._prefetch // 2
         name = f"nats:{topic}:{group or 'fan-out'}"
         self._dispatcher: Dispatcher[tuple[Message, bytes]] = Dispatcher(
@@ -245,7 +245,7 @@ class JetStreamSubscription:
         if not _is_large(message):
             return item
         try:
-            return await self._broker.load_body(message), reply
+            return await self._broker.jetstream.load_body(message), reply
         except LookupError as exc:
             log.error("nats: %s; delivering %s (id=%s) without it", exc, self.topic, message.id)
             return item
@@ -297,7 +297,7 @@ class JetStreamSubscription:
         delay = 0.2
         while not self._closing:
             try:
-                consumer = await self._broker.ensure_consumer(self)
+                consumer = await self._broker.jetstream.ensure_consumer(self)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -351,7 +351,7 @@ class JetStreamSubscription:
         if self._recovering is not None:
             self._recovering.cancel()
         nc = self._nc
-        stopping = asyncio.ensure_future(self._dispatcher.stop(self._broker.grace))
+        stopping = asyncio.ensure_future(self._dispatcher.stop(self._broker.settings.grace))
         # End interest in the delivery inbox before NAKing: the server then drops our
         # open pull requests, so what we NAK goes to other members instead of straight
         # back to us. Messages arriving until the flush's PONG are kept in _returned.
@@ -359,7 +359,7 @@ class JetStreamSubscription:
             try:
                 await self._sub.unsubscribe()  # type: ignore[attr-defined]
                 if nc.is_connected:
-                    await nc.flush(timeout=self._broker.timeout)  # type: ignore[arg-type]
+                    await nc.flush(timeout=self._broker.settings.timeout)  # type: ignore[arg-type]
             except Exception as exc:  # closing anyway; the ack wait redelivers stragglers
                 log.debug("nats: unsubscribing %r: %s", self, plain(exc))
         nc.routes.pop(self._sid, None)
@@ -415,7 +415,7 @@ class CoreSubscription:
         self._sid = sub._id
         nc.routes[self._sid] = self._on_message  # messages wait in the dispatcher's buffer
         try:
-            await nc.flush(timeout=self._broker.timeout)  # type: ignore[arg-type]
+            await nc.flush(timeout=self._broker.settings.timeout)  # type: ignore[arg-type]
         except BaseException:
             nc.routes.pop(self._sid, None)
             with contextlib.suppress(Exception):
@@ -458,7 +458,7 @@ class CoreSubscription:
         if not _is_large(message):
             return message
         try:
-            return await self._broker.load_body(message)
+            return await self._broker.jetstream.load_body(message)
         except LookupError as exc:
             log.error("nats: %s; delivering %s (id=%s) without it", exc, self.topic, message.id)
             return message
@@ -484,7 +484,7 @@ class CoreSubscription:
                 log.debug("nats: unsubscribing %r: %s", self, plain(exc))
         nc.routes.pop(self._sid, None)
         left = await self._loader.close()
-        left += await self._dispatcher.stop(self._broker.grace)
+        left += await self._dispatcher.stop(self._broker.settings.grace)
         if left:
             log.warning(
                 "nats: %r closed with %d message(s) not handled; durable=False: dropped",
