@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nats
+
+from tests.conftest import DEFAULT_URLS
+
+
+def nats_url() -> str:
+    """The NATS server the suite uses (``EVENTBUS_NATS_URL`` or the default)."""
+    return os.environ.get("EVENTBUS_NATS_URL") or DEFAULT_URLS["nats"]
 
 
 async def drop_streams(url: str, topic: str) -> None:
