@@ -208,3 +208,18 @@ async def test_publish_to_a_hung_server_fails_within_timeout(
         finally:
             private_server.process.send_signal(signal.SIGCONT)
         await bus.publish(topic, {"n": 2})
+
+
+async def test_close_while_the_server_is_down_does_not_hang(
+    private_server: NatsServer, topic: str
+) -> None:
+    bus = EventBus(private_server.url, timeout=1.0)
+    bus.subscriber(topic, group="g")(Inbox().put)
+    bus.subscriber(topic)(Inbox().put)
+    bus.subscriber(topic, durable=False)(Inbox().put)
+    await bus.start()
+    await bus.publish(topic, {"n": 0})
+    private_server.kill()
+    started = time.monotonic()
+    await asyncio.wait_for(bus.close(), 10)
+    assert time.monotonic() - started < 5

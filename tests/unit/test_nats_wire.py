@@ -190,3 +190,14 @@ def test_user_headers_named_like_attributes() -> None:
     assert got == from_headers("t", b"", to_headers(message, prefix="ce-"), prefix="ce-")
     assert got.id == message.id
     assert got.content_type == "application/json"
+
+
+def test_matches_the_broker_protocol() -> None:
+    from eventbus.broker import Broker
+    from eventbus.brokers import open_broker
+
+    broker = open_broker("nats://127.0.0.1:4222", ack_wait=5.0)
+    assert isinstance(broker, NatsBroker)
+    assert isinstance(broker, Broker)
+    assert broker.capabilities.retains
+    assert not broker.capabilities.ordered_by_key
