@@ -222,8 +222,8 @@ class NatsBroker:
                     closed_cb=self._on_closed,
                     allow_reconnect=True,
                     max_reconnect_attempts=1,  # for this first connect; forever afterwards
-                    reconnect_time_wait=_RECONNECT_WAIT,  # type: ignore[arg-type]
-                    connect_timeout=self.settings.timeout,  # type: ignore[arg-type]
+                    reconnect_time_wait=_RECONNECT_WAIT,  # type: ignore[arg-type]  # nats-py says int
+                    connect_timeout=self.settings.timeout,  # type: ignore[arg-type]  # nats-py says int
                     tls=self.settings.tls,
                     **extra,
                 )
@@ -350,7 +350,7 @@ class NatsBroker:
             raise ClosedError(f"cannot publish to {message.topic!r}: the broker is closed")
         durable = True
         if options:
-            durable = options.get("durable", True)  # type: ignore[assignment]
+            durable = options.get("durable", True)  # type: ignore[assignment]  # checked next
             if durable.__class__ is not bool or len(options) > 1:
                 durable = durable_option(options, "publish")
         nc = self._nc

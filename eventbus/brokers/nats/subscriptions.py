@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from nats.aio.subscription import Subscription as NatsSubscription
+
 from eventbus.broker import Handler
 from eventbus.brokers.nats.wire import (
     OBJECT,
@@ -156,7 +158,7 @@ class JetStreamSubscription:
         self._active = 0.0
         self._inbox = b""
         self._next = b""
-        self._sub: object = None
+        self._sub: NatsSubscription | None = None
         self._sid = 0
         self._closing = False
         self._recovering: asyncio.Task[None] | None = None
@@ -357,9 +359,9 @@ class JetStreamSubscription:
         # back to us. Messages arriving until the flush's PONG are kept in _returned.
         if self._sub is not None and not nc.is_closed:
             try:
-                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+                await self._sub.unsubscribe()
                 if nc.is_connected:
-                    await nc.flush(timeout=self._broker.settings.timeout)  # type: ignore[arg-type]
+                    await nc.flush(timeout=self._broker.settings.timeout)  # type: ignore[arg-type]  # nats-py says int; seconds as float work
             except Exception as exc:  # closing anyway; the ack wait redelivers stragglers
                 log.debug("nats: unsubscribing %r: %s", self, plain(exc))
         nc.routes.pop(self._sid, None)
@@ -399,7 +401,7 @@ class CoreSubscription:
             handler, concurrency=concurrency, name=name, on_error=self._failed
         )
         self._loader: Loader[Message] = Loader(self._dispatcher.put, self._load, name + ":loader")
-        self._sub: object = None
+        self._sub: NatsSubscription | None = None
         self._sid = 0
         self._closing = False
         self._dropped = 0
@@ -415,7 +417,7 @@ class CoreSubscription:
         self._sid = sub._id
         nc.routes[self._sid] = self._on_message  # messages wait in the dispatcher's buffer
         try:
-            await nc.flush(timeout=self._broker.settings.timeout)  # type: ignore[arg-type]
+            await nc.flush(timeout=self._broker.settings.timeout)  # type: ignore[arg-type]  # nats-py says int; seconds as float work
         except BaseException:
             nc.routes.pop(self._sid, None)
             with contextlib.suppress(Exception):
@@ -479,7 +481,7 @@ class CoreSubscription:
         nc = self._nc
         if self._sub is not None and not nc.is_closed:
             try:
-                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+                await self._sub.unsubscribe()
             except Exception as exc:
                 log.debug("nats: unsubscribing %r: %s", self, plain(exc))
         nc.routes.pop(self._sid, None)
