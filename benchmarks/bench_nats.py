@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -56,6 +57,23 @@ class Counter:
         self.count += 1
         if self.count == self.expected:
             self.done.set()
+
+    async def wait(self, who: str) -> None:
+        """Wait for every message; fail loudly (no hang) if some never arrive."""
+        try:
+            await asyncio.wait_for(self.done.wait(), LOST_AFTER)
+        except TimeoutError:
+            raise Lost(
+                f"{who}: {self.expected - self.count} of {self.expected} messages did not "
+                f"arrive within {LOST_AFTER:g}s"
+            ) from None
+
+
+class Lost(Exception):
+    """A contender lost messages end-to-end (core NATS is at-most-once)."""
+
+
+LOST_AFTER = 60.0
 
 
 async def add_stream(url: str, name: str, subject: str) -> None:
@@ -100,7 +118,7 @@ async def plain_core(url: str, items: list[dict[str, object]]) -> Rates:
     async def end_to_end() -> None:
         for item in items:
             await pub.publish(subject, json.dumps(item).encode())
-        await counter.done.wait()
+        await counter.wait("nats-py core")
 
     e2e = n / await timed(end_to_end)
     await pub.close()
@@ -143,7 +161,7 @@ async def plain_jetstream(url: str, items: list[dict[str, object]], streams: lis
     async def end_to_end() -> None:
         for item in items:
             await js.publish(subject, json.dumps(item).encode())
-        await counter.done.wait()
+        await counter.wait("nats-py JetStream")
 
     e2e = n / await timed(end_to_end)
     consumer.cancel()
@@ -211,7 +229,7 @@ async def eventbus_throughput(
             async def end_to_end() -> None:
                 for item in items:
                     await publisher.publish(item)
-                await counter.done.wait()
+                await counter.wait(f"eventbus {kind}")
 
             e2e = n / await timed(end_to_end)
     return {"publish": publish, "end-to-end": e2e}
@@ -280,7 +298,7 @@ async def faststream_throughput(
     async def end_to_end() -> None:
         for item in items:
             await producer.publish(item, subject, stream=stream_name)
-        await counter.done.wait()
+        await counter.wait(f"FastStream {kind}")
 
     e2e = n / await timed(end_to_end)
     await consumer.stop()
@@ -360,7 +378,12 @@ async def measure(
     best: dict[str, Rates] = {name: {} for name, _ in runners}
     for _ in range(repeat):
         for name, run in runners:
-            for column, value in (await run()).items():
+            try:
+                figures = await run()
+            except Lost as exc:
+                print(f"!! {exc}: run not counted", file=sys.stderr, flush=True)
+                continue
+            for column, value in figures.items():
                 old = best[name].get(column)
                 better = max if columns[column] == "rate" else min
                 best[name][column] = value if old is None else better(old, value)
