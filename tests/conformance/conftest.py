@@ -15,10 +15,13 @@ from eventbus.broker import Broker
 from eventbus.brokers import open_broker
 from tests.conftest import broker_url
 
-BROKERS = ["memory"]
+BROKERS = ["memory", "redis"]
 """Adapters under test, by name; each resolves to a URL in tests/conftest.py."""
 
-BROKER_OPTIONS: dict[str, dict[str, object]] = {}
+BROKER_OPTIONS: dict[str, dict[str, object]] = {
+    # Entries of a member that died go to another one after 3 s instead of 60 s.
+    "redis": {"reclaim_idle": 3.0},
+}
 """Adapter options for tests (e.g. short redelivery timeouts), by broker name."""
 
 
