@@ -258,13 +258,15 @@ class RedisBroker:
             raise self.unavailable(what, exc) from exc
 
     def unavailable(self, what: str, exc: BaseException) -> BrokerUnavailable | ClosedError:
-        """The error to raise when ``what`` failed for want of a connection."""
+        """The error to raise when ``what`` failed for want of a working connection."""
         if self._closed:
             return ClosedError(f"{what}: the broker is closed")
-        detail = str(exc) or f"no answer within {self.options.timeout:g}s"
+        if isinstance(exc, TimeoutError | RedisTimeoutError):
+            why = f"no answer within {self.options.timeout:g}s (the `timeout` option)"
+        else:
+            why = f"{type(exc).__name__}: {exc}"
         return BrokerUnavailable(
-            f"{what}: Redis at {self.where} cannot be reached ({type(exc).__name__}: {detail}); "
-            "check that it runs, or raise the `timeout` option"
+            f"{what}: Redis at {self.where} cannot be reached ({why}); is it running?"
         )
 
     async def publish(self, message: Message, **options: object) -> None:
