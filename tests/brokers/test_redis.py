@@ -80,7 +80,7 @@ async def test_plain_entry_of_json_fields_is_read_as_a_json_object(url: str, pla
     assert msg.content_type == "application/json"
     assert msg.id == entry_id.decode(), "a plain entry's id is its stream entry id"
     assert msg.delivery is not None
-    assert msg.delivery.raw[0] == entry_id
+    assert msg.delivery.raw[0] == entry_id, "raw is (entry id, fields)"
 
 
 async def test_plain_entry_fields_decode_into_a_model(url: str, plain: Any) -> None:
