@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -349,8 +348,9 @@ class RedisBroker:
 class RedisInbox:
     """A reply inbox: a subscription to the pub/sub channel ``_INBOX.<id>``.
 
-    Replies are handed to the handler in arrival order, one at a time; nothing is
-    retained, so replies sent while Redis restarts are lost (the request times out).
+    It listens on a connection of its own and hands replies to the handler in arrival
+    order, one at a time. Nothing is retained: replies sent while the connection is
+    down are lost (their requests time out); it subscribes again by itself.
     """
 
     def __init__(self, broker: RedisBroker, topic: str, handler: Handler) -> None:
@@ -358,45 +358,55 @@ class RedisInbox:
         self.group: str | None = None
         self._broker = broker
         self._handler = handler
-        self._pubsub: PubSub = broker.client.pubsub()
+        self._conn = broker.connection()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     async def open(self) -> None:
-        """Subscribe, and return once Redis confirmed the subscription."""
-        pubsub = self._pubsub
+        """Subscribe, and return once Redis confirmed the subscription.
+
+        Raises:
+            BrokerUnavailable: Redis cannot be reached.
+        """
         try:
-            async with asyncio.timeout(self._broker.options.timeout):
-                await pubsub.subscribe(self.topic)
-                while True:  # a reply published after this returns must reach us
-                    reply = await pubsub.parse_response(block=True)
-                    if reply and reply[0] == b"subscribe":
-                        break
+            await self._subscribe()
         except UNAVAILABLE as exc:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py: unannotated
+            await self._conn.disconnect(nowait=True)
             raise self._broker.unavailable(f"open reply inbox {self.topic!r}", exc) from exc
         self._task = asyncio.create_task(self._listen(), name=f"eventbus:redis:{self.topic}")
 
+    async def _subscribe(self) -> None:
+        conn = self._conn
+        async with asyncio.timeout(self._broker.options.timeout):
+            await conn.send_packed_command([pack(("SUBSCRIBE", self.topic))], check_health=False)
+            while True:  # a reply published after this returns must reach us
+                reply = await conn.read_response(push_request=True)
+                if reply and reply[0] == b"subscribe":
+                    return
+
     async def _listen(self) -> None:
-        pubsub = self._pubsub
+        conn = self._conn
         topic = self.topic
         handler = self._handler
         backoff = 0.05
         down = False
         while True:
             try:
-                reply = await pubsub.parse_response(block=True)
+                if not conn.is_connected:
+                    await self._subscribe()
+                reply = await conn.read_response(push_request=True)
             except UNAVAILABLE as exc:
                 if not down:
                     down = True
                     log.warning("redis: reply inbox %s lost its connection (%s); retrying",
                                 topic, exc)  # fmt: skip
+                await conn.disconnect(nowait=True)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            backoff = 0.05
             if down:
                 down = False
+                backoff = 0.05
                 log.warning("redis: reply inbox %s listens again", topic)
             if not reply or reply[0] != b"message":
                 continue
@@ -406,18 +416,14 @@ class RedisInbox:
                 log.exception("redis: reply handler of %s raised", topic)
 
     async def close(self) -> None:
-        """Stop listening and unsubscribe. Safe to call twice."""
+        """Stop listening; closing the connection unsubscribes. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        try:
-            async with asyncio.timeout(self._broker.options.timeout):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py: unannotated
-        except UNAVAILABLE:
-            pass  # the connection is dropped either way
+        await self._conn.disconnect(nowait=True)
         self._broker.forget(self)
 
 
