@@ -7,11 +7,8 @@ directory and AOF fsynced on every write; only that process is ever killed.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
+import contextlib
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,59 +16,17 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis_py
 
-from eventbus import BrokerUnavailable, EventBus, Message
-from tests.conftest import unavailable
+from eventbus import BrokerUnavailable, EventBus, Message, RequestTimeout
+from tests.brokers.private_redis import PrivateRedis, running
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class PrivateRedis:
-    """A redis-server process of this test's own: AOF on, fsync on every write."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--logfile", str(self.directory / "redis.log")],
-        )  # fmt: skip
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:  # nothing to await: poll the port
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise AssertionError(f"private redis-server on port {self.port} did not start")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no final save; only what AOF fsynced survives."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        unavailable("redis-server is not installed: the Redis fault checks need one")
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    if server.process is not None and server.process.poll() is None:
-        server.kill()
+    yield from running(tmp_path)
 
 
 class Progress:
@@ -110,6 +65,10 @@ async def test_restart_loses_no_acknowledged_publish_and_consumers_resume(
         received[payload["n"]] += 1
         progress.touch()
 
+    @consumer.subscriber(f"{topic}.echo", group="echo")
+    async def echo(payload: dict[str, int]) -> dict[str, int]:
+        return payload
+
     async def publish_until_stopped() -> None:
         n = 0
         while not stop.is_set():
@@ -127,6 +86,7 @@ async def test_restart_loses_no_acknowledged_publish_and_consumers_resume(
                 await asyncio.sleep(0)  # let the consumer run on this loop too
 
     async with consumer, producer:
+        assert await producer.request(f"{topic}.echo", {"n": -1}, timeout=5) == {"n": -1}
         publisher = asyncio.create_task(publish_until_stopped())
         await progress.until(lambda: len(received) >= 300, 30, "300 messages before the kill")
         private_redis.kill()
@@ -138,6 +98,13 @@ async def test_restart_loses_no_acknowledged_publish_and_consumers_resume(
         )
         stop.set()
         await publisher
+        # Request/reply works again too: the reply inbox subscribed again by itself.
+        answered = None
+        async with asyncio.timeout(30):
+            while answered is None:
+                with contextlib.suppress(RequestTimeout):
+                    answered = await producer.request(f"{topic}.echo", {"n": -2}, timeout=1)
+        assert answered == {"n": -2}
         await progress.until(
             lambda: all(n in received for n in returned), 60, "every returned publish delivered"
         )
