@@ -61,7 +61,11 @@ class BlockingBus:
                 "BlockingBus is for code without an event loop; "
                 "in async code use the EventBus itself"
             )
-        loop = self._ensure_loop()
+        try:
+            loop = self._ensure_loop()
+        except BaseException:
+            coro.close()
+            raise
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:

@@ -6,14 +6,15 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventbus.broker import Broker
 from eventbus.codecs import CodecRegistry, default_registry
-from eventbus.errors import ClosedError, ConfigurationError
-from eventbus.message import new_id
+from eventbus.errors import ClosedError, ConfigurationError, ReplayNotSupported
+from eventbus.message import Message, new_id
 from eventbus.middleware import Middleware, RetryPolicy
 from eventbus.publisher import Publisher
 from eventbus.rpc import Replies
@@ -21,6 +22,7 @@ from eventbus.subscriber import Subscriber
 
 if TYPE_CHECKING:
     from eventbus.blocking import BlockingBus
+    from eventbus.recording import Redelivery
 
 __all__ = ["EventBus", "default_bus", "set_default_bus", "subscriber"]
 
@@ -111,15 +113,29 @@ class EventBus:
             self._broker = open_broker(self.url, **options)
         return self._broker
 
-    def use_broker(self, broker: Broker) -> None:
-        """Replace the broker before the bus starts (how `eventbus.testing` swaps in memory).
+    def use_broker(self, broker: Broker | None) -> Broker | None:
+        """Replace the broker of a bus that is not running; return the one replaced.
+
+        This is how `eventbus.testing.TestBus` runs a bus on the in-memory broker. A
+        closed bus given a broker can start again (one app bus, many tests). ``None``
+        means "build one from the URL on first use". The replaced broker is returned
+        as it is (``None`` if none was built yet): it is not connected or closed here.
 
         Raises:
-            ConfigurationError: the bus is already running.
+            ConfigurationError: the bus is starting, running or closing.
         """
-        if self._state != _NEW:
-            raise ConfigurationError("use_broker() must be called before the bus starts")
-        self._broker = broker
+        if self._state not in (_NEW, _CLOSED):
+            raise ConfigurationError(
+                "use_broker() needs a bus that is not running: call it before start() "
+                "or after close()"
+            )
+        if self._state == _CLOSED:
+            # Fresh per-run state: locks and futures of the last run belong to its loop.
+            self._state = _NEW
+            self._starting = None
+            self.replies = Replies(self)
+        previous, self._broker = self._broker, broker
+        return previous
 
     # -- subscribing -------------------------------------------------------------------
 
@@ -228,6 +244,84 @@ class EventBus:
     async def request(self, topic: str, value: object = None, **kwargs: Any) -> Any:
         """Send a request to ``topic`` and return the decoded reply (see `Publisher.request`)."""
         return await self._publisher(topic).request(value, **kwargs)
+
+    # -- replay and redelivery ---------------------------------------------------------
+
+    async def replay(self, topic: str, *, since: datetime | None = None) -> AsyncIterator[Message]:
+        """Yield the messages the broker retained on ``topic``, in publish order.
+
+        Order is the broker's: total on memory, Redis Streams, JetStream and RabbitMQ
+        stream queues; per partition (so per key) on Kafka. Each message carries its
+        position in ``delivery.offset`` where the broker has one. Starts the bus if it
+        is not running, as publishing does. Nothing is acknowledged or consumed: groups
+        keep their positions.
+
+        Args:
+            topic: The topic to read.
+            since: Only messages from this time on (timezone-aware).
+
+        Raises:
+            ReplayNotSupported: the broker (or this topic) keeps no messages; the
+                adapter says which option would make it keep them.
+            TopicNotFound: the topic does not exist on the broker.
+            ConfigurationError: ``since`` has no timezone.
+
+        Example:
+            >>> # async for message in bus.replay("orders.placed", since=yesterday):
+            >>> #     print(message.id, message.body)
+        """
+        if since is not None and since.tzinfo is None:
+            raise ConfigurationError(
+                f"replay since={since.isoformat()} has no timezone; "
+                "pass an aware datetime such as datetime.now(UTC) - timedelta(hours=1)"
+            )
+        if not self.is_running:
+            await self.start()
+        messages: AsyncIterator[Message] | None = None
+        try:
+            messages = self.broker.replay(topic, since=since)
+            async for message in messages:
+                yield message
+        except ReplayNotSupported as exc:
+            raise ReplayNotSupported(
+                f"{exc}; or record live traffic instead: eventbus tail {topic} --json > FILE"
+            ) from exc
+        finally:
+            close = getattr(messages, "aclose", None)  # None when replay() itself raised
+            if close is not None:  # the caller stopped early: release the broker's cursor
+                await close()
+
+    async def redeliver(
+        self, messages: Iterable[Message] | AsyncIterable[Message]
+    ) -> list[Redelivery]:
+        """Run recorded messages through this bus's subscribers and report what happened.
+
+        Each message goes to every subscriber of its topic on this bus (one per group,
+        as a broker would deliver it) through the real pipeline: middleware, decode,
+        handler, retry, timeout and dead-letter, one message at a time, in order. A
+        request's reply is not sent (its requester is gone): the return value is in
+        the report. Dead-letter records and whatever handlers publish go to this bus's
+        broker. Starts the bus if it is not running.
+
+        Args:
+            messages: Messages from `eventbus.testing.load`, `replay`, or built by hand.
+
+        Returns:
+            One `Redelivery` per message, in order: its status (``processed``,
+            ``failed``, ``dead_lettered`` or ``no_subscriber``) and each subscriber's
+            `Outcome` (result, error, attempts).
+
+        Raises:
+            BrokerError: a dead-letter publish failed; the report so far is lost,
+                the messages are not (they are still in your recording).
+
+        Example:
+            >>> # report = await bus.redeliver(eventbus.testing.load("orders.jsonl"))
+            >>> # assert all(r.status == "processed" for r in report)
+        """
+        from eventbus.recording import redeliver
+
+        return await redeliver(self, messages)
 
     # -- lifecycle ---------------------------------------------------------------------
 

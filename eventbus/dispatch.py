@@ -59,6 +59,11 @@ class Dispatcher(Generic[T]):
         self._stopping = False
 
     @property
+    def waiting(self) -> int:
+        """Items queued and not yet started."""
+        return len(self._buffer)
+
+    @property
     def pending(self) -> int:
         """Items waiting plus items being handled."""
         return len(self._buffer) + len(self._inflight)

@@ -17,6 +17,7 @@ __all__ = [
     "EncodeError",
     "EventBusError",
     "HandlerTimeout",
+    "RecordingError",
     "RemoteError",
     "ReplayNotSupported",
     "RequestTimeout",
@@ -68,6 +69,23 @@ class DecodeError(CodecError):
     A message that fails to decode goes straight to the dead-letter topic:
     retrying cannot fix bad bytes.
     """
+
+
+class RecordingError(DecodeError):
+    """A line of a recording (JSON Lines, `eventbus.testing.load`) is not a valid message.
+
+    Attributes:
+        reason: What is wrong with the line.
+        path: The file, when known.
+        line: The 1-based line number, when known.
+    """
+
+    def __init__(self, reason: str, *, path: str | None = None, line: int | None = None) -> None:
+        where = ":".join(str(part) for part in (path, line) if part is not None)
+        super().__init__(f"{where}: {reason}" if where else reason)
+        self.reason = reason
+        self.path = path
+        self.line = line
 
 
 class HandlerTimeout(EventBusError, TimeoutError):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from eventbus.errors import DecodeError
+
 __all__ = [
     "CORRELATION_ID",
     "DEADLINE",
@@ -255,7 +257,9 @@ def from_headers(
     """Build a received `Message` from a body and a flat native header map.
 
     The inverse of `to_headers`. Headers a plain client sent (no ``ce_id``...) are
-    kept as user headers; missing attributes get fresh values (a new id, now).
+    kept as user headers; missing attributes get fresh values (a new id, now). A
+    CloudEvent in structured mode (``application/cloudevents+json``) is unwrapped:
+    its ``data`` becomes the body and its attributes the message's.
     """
     user: dict[str, str] = {}
     attrs: dict[str, str] = {}
@@ -268,6 +272,14 @@ def from_headers(
             content_type = value
         else:
             user[name] = value
+    if content_type is not None and content_type.startswith("application/cloudevents"):
+        from eventbus.cloudevents import from_structured, is_structured
+
+        if is_structured(content_type):
+            try:
+                return from_structured(topic, body, user, delivery=delivery)
+            except DecodeError:  # not a CloudEvent after all: deliver it as it came
+                pass
     when: datetime | None = None
     if "time" in attrs and (when := parse_time(attrs["time"])) is None:
         user[prefix + "time"] = attrs["time"]  # not RFC 3339: keep it for the user to see

@@ -24,8 +24,8 @@ import inspect
 import logging
 import typing
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from eventbus.broker import Subscription
 from eventbus.codecs import CodecRegistry, Decoder
@@ -53,7 +53,7 @@ from eventbus.middleware import (
 if TYPE_CHECKING:
     from eventbus.bus import EventBus
 
-__all__ = ["Subscriber"]
+__all__ = ["DEAD_LETTERED", "FAILED", "PROCESSED", "Outcome", "Subscriber"]
 
 log = logging.getLogger("eventbus")
 
@@ -155,6 +155,36 @@ def _invoker(fn: HandlerFn, sig: _Signature, decoder_for: Callable[[str | None],
     return invoke
 
 
+PROCESSED: Final = "processed"
+"""`Outcome.status`: the handler returned (for a request, ``result`` is the reply)."""
+FAILED: Final = "failed"
+"""`Outcome.status`: a request's handler raised; the caller would get an error reply."""
+DEAD_LETTERED: Final = "dead_lettered"
+"""`Outcome.status`: the message went to the dead-letter topic (failed, undecodable, or
+its reply could not be encoded)."""
+
+Status = Literal["processed", "failed", "dead_lettered"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one subscriber's pipeline did with one message (see `Subscriber.process`).
+
+    Attributes:
+        subscriber: The subscriber that handled it.
+        status: `PROCESSED`, `FAILED` or `DEAD_LETTERED`.
+        result: The handler's return value (the reply, for a request).
+        error: The exception the handling failed with, if it did.
+        attempts: How many times the handler was tried.
+    """
+
+    subscriber: Subscriber
+    status: Status
+    result: object = None
+    error: BaseException | None = None
+    attempts: int = 1
+
+
 class Subscriber:
     """A handler registered on a bus for one topic, with its delivery options.
 
@@ -207,13 +237,14 @@ class Subscriber:
         self.dead_lettered = 0
         """Messages sent to the dead-letter topic."""
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._direct: Next | None = None  # the pipeline `process` runs, built on first use
 
     def __repr__(self) -> str:
         group = f", group={self.group!r}" if self.group else ""
         return f"Subscriber({self.topic!r}, {self.name}{group})"
 
-    def build(self) -> Callable[[Message], Awaitable[None]]:
-        """Return the broker-level handler: the whole pipeline for one delivered message."""
+    def _pipeline(self) -> Next:
+        """Middleware, retry and timeout around decode + handler: what `build` and `process` run."""
         bus = self.bus
         registry: CodecRegistry = bus.codecs
         into = self.signature.into
@@ -222,9 +253,13 @@ class Subscriber:
             steps.append(retry(self.retry))
         if self.timeout is not None:
             steps.append(timeout(self.timeout))
-        call = chain(
+        return chain(
             steps, _invoker(self.fn, self.signature, lambda ct: registry.decoder(ct, into))
         )
+
+    def build(self) -> Callable[[Message], Awaitable[None]]:
+        """Return the broker-level handler: the whole pipeline for one delivered message."""
+        call = self._pipeline()
 
         async def handle(message: Message) -> None:
             try:
@@ -242,6 +277,48 @@ class Subscriber:
                 self._wake()
 
         return handle
+
+    async def process(self, message: Message) -> Outcome:
+        """Run ``message`` through this subscriber's pipeline once and say what happened.
+
+        The same pipeline a delivery runs (middleware, decode, handler, retry, timeout,
+        dead-letter), the same counters and `wait_for` wake-ups, with two differences
+        that make it safe for recorded messages (`EventBus.redeliver`): a request's reply
+        or error reply is not sent (its requester is gone; the value is in the outcome),
+        and nothing is acknowledged (there is no broker delivery). Messages are handled
+        one at a time, whatever ``concurrency`` says.
+
+        Raises:
+            BrokerError: the dead-letter publish failed (the message was not handled).
+        """
+        call = self._direct
+        if call is None:
+            call = self._direct = self._pipeline()
+        try:
+            if message.reply_to is not None and DEADLINE in message.headers:
+                result = await run_within(_deadline(message), call, message)
+            else:
+                result = await call(message)
+        except Exception as exc:
+            attempts = getattr(exc, ATTEMPTS_ATTR, 1)
+            self.failed += 1
+            try:
+                if message.reply_to is not None:  # the caller would get an error reply
+                    return Outcome(self, FAILED, error=exc, attempts=attempts)
+                await self.send_to_dead_letter(message, exc, attempts)
+                return Outcome(self, DEAD_LETTERED, error=exc, attempts=attempts)
+            finally:
+                self._wake()
+        outcome = Outcome(self, PROCESSED, result=result)
+        if message.reply_to is not None:
+            try:
+                self.bus.codecs.encode(result)  # a delivery would fail to reply here
+            except Exception as exc:
+                await self.send_to_dead_letter(message, exc, 1)
+                outcome = Outcome(self, DEAD_LETTERED, result=result, error=exc)
+        self.processed += 1
+        self._wake()
+        return outcome
 
     async def start(self) -> None:
         """Subscribe on the bus's broker; returns once the subscription is live."""

@@ -42,6 +42,7 @@ log = logging.getLogger("eventbus")
 
 INBOX_PREFIX = "_INBOX."
 _GRACE = 10.0
+_HIGH_WATER = 256  # buffered messages per member before publishers yield to consumers
 
 
 class _Member:
@@ -54,18 +55,21 @@ class _Member:
         self.dispatcher = dispatcher
         self.loop = asyncio.get_running_loop()
 
-    def offer(self, message: Message) -> None:
+    def offer(self, message: Message) -> bool:
+        """Queue the message; True when this member has fallen behind (see `publish`)."""
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self.loop:
-            self.dispatcher.put(message)
-        elif self.loop.is_closed():
+            dispatcher = self.dispatcher
+            dispatcher.put(message)
+            return dispatcher.waiting > _HIGH_WATER
+        if self.loop.is_closed():
             self.group.leave(self)  # its loop is gone (a finished test): never deliver there
-            self.group.offer(message)
-        else:
-            self.loop.call_soon_threadsafe(self.dispatcher.put, message)
+            return self.group.offer(message)
+        self.loop.call_soon_threadsafe(self.dispatcher.put, message)
+        return False
 
 
 class _Group:
@@ -80,26 +84,28 @@ class _Group:
         self.backlog: deque[Message] = deque()
         self.next = 0
 
-    def offer(self, message: Message) -> None:
+    def offer(self, message: Message) -> bool:
         members = self.members
         if not members:
             self.backlog.append(message)
-            return
+            return False
         if message.key is None:
             self.next += 1
             member = members[self.next % len(members)]
         else:
             member = members[hash(message.key) % len(members)]
-        member.offer(message)
+        return member.offer(message)
 
     def join(self, member: _Member) -> None:
-        self.members.append(member)
+        # `members` (and `_Topic.groups`) are replaced, never changed in place: a publish
+        # on another thread (buses on several loops share a hub) may be iterating them.
+        self.members = [*self.members, member]
         while self.backlog:
             self.offer(self.backlog.popleft())
 
     def leave(self, member: _Member) -> None:
         if member in self.members:
-            self.members.remove(member)
+            self.members = [m for m in self.members if m is not member]
 
 
 class _Topic:
@@ -164,7 +170,8 @@ class MemorySubscription:
         topic = self._broker.hub.topics.get(self.topic)
         if self._anonymous:
             if topic is not None:
-                topic.groups.pop(self._group.name, None)
+                gone = self._group.name
+                topic.groups = {n: g for n, g in topic.groups.items() if n != gone}
         else:
             for message in left:
                 self._group.offer(message)
@@ -224,7 +231,12 @@ class MemoryBroker:
             self._subscriptions.remove(sub)
 
     async def publish(self, message: Message, **options: object) -> None:
-        """Append the message to its topic's log and hand it to every group. Never blocks."""
+        """Append the message to its topic's log and hand it to every group.
+
+        Never waits for a consumer, but yields to the event loop once when a
+        subscriber has more than a few hundred messages buffered, so that a producer
+        in a tight loop lets consumers keep up.
+        """
         if self._closed:
             raise ClosedError(f"cannot publish to {message.topic!r}: the broker is closed")
         if options:
@@ -240,8 +252,15 @@ class MemoryBroker:
         topic = self.hub.topics.get(name) or self.hub.topic(name)
         topic.log.append(message)
         topic.offset += 1
+        behind = False
         for group in topic.groups.values():
-            group.offer(message)
+            if group.offer(message):
+                behind = True
+        if behind:
+            # A consumer has fallen behind: let it run. Its worker drains its buffer in
+            # one go when handlers do not suspend, so this rarely costs more than one
+            # loop turn per _HIGH_WATER messages, and keeps buffers (and GC work) small.
+            await asyncio.sleep(0)
 
     async def subscribe(
         self, topic: str, handler: Handler, *, group: str | None = None, **options: object
@@ -260,7 +279,8 @@ class MemoryBroker:
         name = group if group is not None else f"_fanout.{new_id()}"
         found = state.groups.get(name)
         if found is None:
-            found = state.groups[name] = _Group(name, durable=not anonymous)
+            found = _Group(name, durable=not anonymous)
+            state.groups = {**state.groups, name: found}
         member_group = found
         dispatcher: Dispatcher[Message] = Dispatcher(
             handler,

@@ -182,16 +182,14 @@ class CodecRegistry:
         Raises:
             EncodeError: the value cannot be encoded with that content type.
         """
-        if content_type is None:
-            content_type = self.content_type_for(value)
-        try:
-            codec = self.get(content_type)
-        except DecodeError as exc:
-            raise EncodeError(str(exc)) from None
-        return content_type, codec.encode(value)
+        content_type, encode = self.encoder(value, content_type)
+        return content_type, encode(value)
 
     def encoder(self, value: object, content_type: str | None = None) -> tuple[str, Encoder]:
         """Return ``(content_type, encode)`` for values of ``type(value)``; cache the result.
+
+        ``bytes`` with a content type no codec knows are sent as they are: the caller
+        encoded them (XML, CSV...).
 
         Raises:
             EncodeError: no codec for the content type.
@@ -201,6 +199,8 @@ class CodecRegistry:
         try:
             codec = self.get(content_type)
         except DecodeError as exc:
+            if isinstance(value, bytes | bytearray | memoryview):
+                return content_type, bytes
             raise EncodeError(str(exc)) from None
         make = getattr(codec, "encoder", None)
         encode: Encoder = make(type(value)) if make is not None else codec.encode
