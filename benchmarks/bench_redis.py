@@ -1,6 +1,6 @@
 """Redis Streams: plain redis-py vs eventbus vs FastStream, in one run on one server.
 
-    python benchmarks/bench_redis.py [--n 50000] [--requests 5000] [--url redis://...]
+    python benchmarks/bench_redis.py [--n 50000] [--requests 5000] [--rounds 3] [--url redis://...]
 
 (Not named ``redis.py``: that would shadow the redis package.)
 
@@ -21,6 +21,7 @@ Every contender uses its own fresh stream keys; they are deleted at the end.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
@@ -31,7 +32,7 @@ from typing import Any
 import redis.asyncio as redis_py
 from faststream.redis import RedisBroker as FastRedisBroker
 from faststream.redis import StreamSub
-from harness import Table, arguments, concurrent_rate, latencies, payload, timed
+from harness import Table, concurrent_rate, latencies, payload, timed
 
 from eventbus import EventBus
 
@@ -111,9 +112,7 @@ async def plain(url: str, items: list[dict[str, object]], requests: int) -> Figu
 
     async def serve() -> None:
         while True:
-            reply = await server_client.xreadgroup(
-                "srv", "s", {stream: ">"}, count=100, block=1000
-            )
+            reply = await server_client.xreadgroup("srv", "s", {stream: ">"}, count=100, block=1000)
             if not reply:
                 continue
             entries = reply[0][1]
@@ -292,12 +291,31 @@ async def rpc_figures(
     figures[f"requests/s x{CONCURRENT}"] = await concurrent_rate(call, requests, CONCURRENT)
 
 
+def best(old: Figures | None, new: Figures) -> Figures:
+    """Keep each figure's best value over rounds: the highest rate, the lowest latency."""
+    if old is None:
+        return new
+    merged = Figures()
+    for column, value in new.items():
+        pick = min if column.startswith("request p") else max
+        merged[column] = pick(value, old.get(column, value))
+    return merged
+
+
 async def main() -> None:
-    args = arguments(__doc__ or "")
-    url = args.url or DEFAULT_URL
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=50_000, help="messages per throughput run")
+    parser.add_argument("--requests", type=int, default=5_000, help="requests per latency run")
+    parser.add_argument("--url", default=DEFAULT_URL, help="Redis URL")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the contenders N times in turn; keep each best"
+    )
+    args = parser.parse_args()
     items = [payload(i) for i in range(args.n)]
+    rounds = f", best of {args.rounds} rounds" if args.rounds > 1 else ""
     table = Table(
-        f"Redis Streams at {url}: {args.n:,} x 256-byte JSON; {args.requests:,} requests",
+        f"Redis Streams at {args.url}: {args.n:,} x 256-byte JSON; {args.requests:,} requests"
+        + rounds,
         {
             "publish": "rate",
             "end-to-end": "rate",
@@ -307,15 +325,20 @@ async def main() -> None:
         },
     )
     contenders = [("redis-py (plain)", plain), ("eventbus", eventbus), ("FastStream", faststream)]
+    results: dict[str, Figures | None] = dict.fromkeys(name for name, _ in contenders)
     try:
-        for name, run in contenders:
-            table.add(name, **await run(url, items, args.requests))
-            print(f"  {name}: done", flush=True)
+        for round_ in range(args.rounds):
+            for name, run in contenders:
+                figures = await run(args.url, items, args.requests)
+                results[name] = best(results[name], figures)
+                print(f"  round {round_ + 1}: {name}: {dict(figures)}", flush=True)
     finally:
-        cleaner = redis_py.Redis.from_url(url)
+        cleaner = redis_py.Redis.from_url(args.url)
         if keys:
             await cleaner.delete(*keys)
         await cleaner.aclose()
+    for name, figures in results.items():
+        table.add(name, **(figures or {}))
     print(table.render())
 
 
