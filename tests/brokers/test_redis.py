@@ -378,3 +378,26 @@ async def test_redelivered_counts_come_from_redis(url: str, plain: Any) -> None:
     finally:
         await broker.close()
     assert seen == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_decode_responses_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        RedisBroker("redis://127.0.0.1:6379/0?decode_responses=true")
+
+
+async def test_resp2_works_too(url: str, plain: Any) -> None:
+    """``?protocol=2`` (RESP2) changes the shape of replies; everything works the same."""
+    topic = key(plain)
+    resp2 = url + ("&" if "?" in url else "?") + "protocol=2"
+    server, client = EventBus(resp2), EventBus(resp2)
+    inbox = Inbox()
+
+    @server.subscriber(topic, group="g")
+    async def echo(payload: dict[str, int]) -> dict[str, int]:
+        return payload
+
+    server.subscriber(topic)(inbox.put)
+    async with server, client:
+        assert await client.request(topic, {"n": 1}, timeout=10) == {"n": 1}
+        (got,) = await inbox.wait_for(1)
+    assert got.body == b'{"n":1}'

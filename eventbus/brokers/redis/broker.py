@@ -153,6 +153,11 @@ class RedisBroker:
             )
         except ValueError as exc:
             raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None
+        if self.client.connection_pool.connection_kwargs.get("decode_responses") in (True, "true"):
+            raise ConfigurationError(
+                f"{url!r} asks for decode_responses: eventbus reads bodies as bytes; "
+                "drop it from the URL"
+            )
         maxlen = self.options.maxlen
         self._trim: tuple[object, ...] = () if maxlen is None else ("MAXLEN", "~", maxlen)
         self._pipeline = AutoPipeline(self.client.connection_pool)
