@@ -388,6 +388,7 @@ def test_decode_responses_is_refused() -> None:
 async def test_resp2_works_too(url: str, plain: Any) -> None:
     """``?protocol=2`` (RESP2) changes the shape of replies; everything works the same."""
     topic = key(plain)
+    plain.made.append(f"{topic}.fan-out")
     resp2 = url + ("&" if "?" in url else "?") + "protocol=2"
     server, client = EventBus(resp2), EventBus(resp2)
     inbox = Inbox()
@@ -396,8 +397,9 @@ async def test_resp2_works_too(url: str, plain: Any) -> None:
     async def echo(payload: dict[str, int]) -> dict[str, int]:
         return payload
 
-    server.subscriber(topic)(inbox.put)
+    server.subscriber(f"{topic}.fan-out")(inbox.put)
     async with server, client:
         assert await client.request(topic, {"n": 1}, timeout=10) == {"n": 1}
+        await client.publish(f"{topic}.fan-out", {"n": 1})
         (got,) = await inbox.wait_for(1)
     assert got.body == b'{"n":1}'

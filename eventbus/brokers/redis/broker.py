@@ -14,12 +14,11 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventbus.broker import Capabilities, Handler
-from eventbus.brokers.redis.pipeline import AutoPipeline, new_connection, pack
+from eventbus.brokers.redis.pipeline import UNAVAILABLE, AutoPipeline, new_connection, pack
 from eventbus.brokers.redis.streams import RedisSubscription
 from eventbus.brokers.redis.wire import (
     decode_entry,
@@ -45,8 +44,6 @@ log = logging.getLogger("eventbus")
 INBOX_PREFIX = "_INBOX."
 """Topics starting with this are reply inboxes: pub/sub channels, not streams."""
 
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
-"""What redis-py (and a timeout) raise when Redis cannot be reached."""
 
 _REPLAY_SLACK = timedelta(seconds=10)  # publisher clocks may run ahead of Redis's
 _REPLAY_PAGE = 500

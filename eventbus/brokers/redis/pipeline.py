@@ -11,17 +11,19 @@ concurrent ones (64 requesters, many handlers acknowledging) share round trips.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["AutoPipeline", "new_connection", "pack"]
+__all__ = ["UNAVAILABLE", "AutoPipeline", "new_connection", "pack"]
 
-log = logging.getLogger("eventbus")
+
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+"""What redis-py (and an expired asyncio.timeout) raise when Redis cannot be reached."""
 
 
 def pack(args: tuple[object, ...]) -> bytes:

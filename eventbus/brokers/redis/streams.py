@@ -14,7 +14,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
 from eventbus.broker import Handler
-from eventbus.brokers.redis.pipeline import pack
+from eventbus.brokers.redis.pipeline import UNAVAILABLE, pack
 from eventbus.brokers.redis.wire import decode_entry, entries_of, refused
 from eventbus.dispatch import Dispatcher
 from eventbus.errors import BrokerError, ClosedError
@@ -235,7 +235,10 @@ class RedisSubscription:
                 continue
             except Exception as exc:
                 self._acks[:0] = acks  # perhaps not acknowledged: again with the next read
-                self._outage(self._broker.unavailable(f"read {topic!r}", exc))
+                if isinstance(exc, UNAVAILABLE):
+                    self._outage(self._broker.unavailable(f"read {topic!r}", exc))
+                else:  # a bug or a reply we cannot parse: say so, never stop reading
+                    log.exception("redis: reading %r failed; retrying", topic)
                 await conn.disconnect(nowait=True)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
