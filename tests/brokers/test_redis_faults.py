@@ -205,3 +205,14 @@ async def test_killed_member_entries_go_to_another_member(private_redis: Private
             member.kill()
             await member.wait()
         await plain.aclose()
+
+
+async def test_first_publish_after_a_quiet_restart_succeeds(private_redis: PrivateRedis) -> None:
+    """The shared connection died while idle; the publish reconnects instead of failing."""
+    async with EventBus(private_redis.url, timeout=2.0) as bus:
+        await bus.publish("t.fault.quiet", {"n": 1})
+        private_redis.kill()
+        private_redis.start()
+        await bus.publish("t.fault.quiet", {"n": 2})
+        got = [m.body async for m in bus.broker.replay("t.fault.quiet")]
+    assert got == [b'{"n":1}', b'{"n":2}']

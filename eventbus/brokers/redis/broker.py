@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -206,12 +207,18 @@ class RedisBroker:
             BrokerError: Redis refused the command.
             ClosedError: the broker was closed.
         """
-        return await self._await(self._pipeline.call(pack(args)), what)
+        return await self._send(pack(args), what)
 
-    async def _await(self, reply: asyncio.Future[Any], what: str) -> Any:
+    async def _send(self, command: bytes, what: str) -> Any:
         try:
             async with asyncio.timeout(self.options.timeout):
-                return await reply
+                try:
+                    return await self._pipeline.call(command)
+                except RedisConnectionError:
+                    # Once more on a new connection, as redis-py retries: the old one may
+                    # have died while idle (a Redis restart). If Redis did run the command,
+                    # it runs twice: at least once, like every delivery here.
+                    return await self._pipeline.call(command)
         except ResponseError as exc:
             raise refused(exc, what) from exc
         except UNAVAILABLE as exc:
@@ -253,11 +260,11 @@ class RedisBroker:
         topic = message.topic
         if topic.startswith(INBOX_PREFIX):
             command = pack(("PUBLISH", topic, encode_reply(message)))
-            if not await self._await(self._pipeline.call(command), f"reply to {topic!r}"):
+            if not await self._send(command, f"reply to {topic!r}"):
                 raise UndeliverableError(f"nobody listens on reply inbox {topic!r} any more")
             return
         command = pack(("XADD", topic, *self._trim, "*", *encode_fields(message)))
-        await self._await(self._pipeline.call(command), f"publish to {topic!r}")
+        await self._send(command, f"publish to {topic!r}")
 
     async def subscribe(
         self, topic: str, handler: Handler, *, group: str | None = None, **options: object
