@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -147,7 +147,9 @@ class RedisBroker:
                 url,
                 socket_timeout=None,
                 socket_connect_timeout=self.options.timeout,
-                retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.5), 3),
+                # Only connecting goes through redis-py's retries (commands are sent
+                # here): fail fast, so an outage reads "connection refused", not a timeout.
+                retry=Retry(NoBackoff(), 1),
             )
         except ValueError as exc:
             raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None
@@ -164,10 +166,6 @@ class RedisBroker:
 
     def __repr__(self) -> str:
         return f"RedisBroker({self.where!r})"
-
-    @property
-    def is_closed(self) -> bool:
-        return self._closed
 
     def connection(self) -> AbstractConnection:
         """A new connection of its own (not connected yet), for a blocking reader."""
