@@ -2,6 +2,9 @@
 
     python benchmarks/bench_redis.py [--n 50000] [--requests 5000] [--rounds 3] [--url redis://...]
 
+With ``--rounds N`` it prints each round's table, then the median of the rounds'
+ratios (on a busy machine, pairing contenders within a round beats a best-of).
+
 (Not named ``redis.py``: that would shadow the redis package.)
 
 - publish: ``--n`` sequential publishes of a ~256-byte JSON object (``harness.payload``)
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import statistics
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -291,15 +295,13 @@ async def rpc_figures(
     figures[f"requests/s x{CONCURRENT}"] = await concurrent_rate(call, requests, CONCURRENT)
 
 
-def best(old: Figures | None, new: Figures) -> Figures:
-    """Keep each figure's best value over rounds: the highest rate, the lowest latency."""
-    if old is None:
-        return new
-    merged = Figures()
-    for column, value in new.items():
-        pick = min if column.startswith("request p") else max
-        merged[column] = pick(value, old.get(column, value))
-    return merged
+COLUMNS = {
+    "publish": "rate",
+    "end-to-end": "rate",
+    "request p50": "latency",
+    "request p99": "latency",
+    f"requests/s x{CONCURRENT}": "rate",
+}
 
 
 async def main() -> None:
@@ -308,38 +310,37 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=5_000, help="requests per latency run")
     parser.add_argument("--url", default=DEFAULT_URL, help="Redis URL")
     parser.add_argument(
-        "--rounds", type=int, default=1, help="run the contenders N times in turn; keep each best"
+        "--rounds", type=int, default=1, help="run all contenders N times; print each round"
     )
     args = parser.parse_args()
     items = [payload(i) for i in range(args.n)]
-    rounds = f", best of {args.rounds} rounds" if args.rounds > 1 else ""
-    table = Table(
-        f"Redis Streams at {args.url}: {args.n:,} x 256-byte JSON; {args.requests:,} requests"
-        + rounds,
-        {
-            "publish": "rate",
-            "end-to-end": "rate",
-            "request p50": "latency",
-            "request p99": "latency",
-            f"requests/s x{CONCURRENT}": "rate",
-        },
-    )
+    title = f"Redis Streams at {args.url}: {args.n:,} x 256-byte JSON; {args.requests:,} requests"
     contenders = [("redis-py (plain)", plain), ("eventbus", eventbus), ("FastStream", faststream)]
-    results: dict[str, Figures | None] = dict.fromkeys(name for name, _ in contenders)
+    # Each round runs the contenders back to back, so its ratios compare like with like
+    # even when the machine's load drifts between rounds.
+    ratios: dict[str, dict[str, list[float]]] = {name: {} for name, _ in contenders[1:]}
     try:
         for round_ in range(args.rounds):
+            table = Table(f"{title} (round {round_ + 1} of {args.rounds})", COLUMNS)
             for name, run in contenders:
-                figures = await run(args.url, items, args.requests)
-                results[name] = best(results[name], figures)
-                print(f"  round {round_ + 1}: {name}: {dict(figures)}", flush=True)
+                table.add(name, **await run(args.url, items, args.requests))
+            print(table.render(), flush=True)
+            base = table.rows[0].figures
+            for row in table.rows[1:]:
+                for column, value in row.figures.items():
+                    if base.get(column):
+                        ratios[row.name].setdefault(column, []).append(value / base[column])
     finally:
         cleaner = redis_py.Redis.from_url(args.url)
         if keys:
             await cleaner.delete(*keys)
         await cleaner.aclose()
-    for name, figures in results.items():
-        table.add(name, **(figures or {}))
-    print(table.render())
+    if args.rounds > 1:
+        print(f"== median ratio to the plain client over {args.rounds} rounds")
+        print(f"{'':<22}" + "".join(f"{c:>26}" for c in COLUMNS))
+        for name, columns in ratios.items():
+            cells = "".join(f"{statistics.median(columns[c]):>25.2f}x" for c in COLUMNS)
+            print(f"{name:<22}{cells}")
 
 
 if __name__ == "__main__":
