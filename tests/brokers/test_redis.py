@@ -403,3 +403,22 @@ async def test_resp2_works_too(url: str, plain: Any) -> None:
         await client.publish(f"{topic}.fan-out", {"n": 1})
         (got,) = await inbox.wait_for(1)
     assert got.body == b'{"n":1}'
+
+
+async def test_non_durable_topics_are_short_lived(url: str, plain: Any) -> None:
+    """``durable=False`` (presence, node-addressed calls): trimmed hard and expiring."""
+    topic = key(plain)
+    durable = key(plain)
+    inbox = Inbox()
+    broker = RedisBroker(url)
+    try:
+        await broker.subscribe(topic, inbox.put, durable=False)
+        for i in range(3000):
+            await broker.publish(Message(topic, b"%d" % i), durable=False)
+        await broker.publish(Message(durable, b"kept"))
+        await inbox.wait_for(3000)
+    finally:
+        await broker.close()
+    assert 0 < await plain.ttl(topic) <= 3600
+    assert await plain.xlen(topic) < 3000
+    assert await plain.ttl(durable) == -1, "a durable topic never expires"

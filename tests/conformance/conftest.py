@@ -6,23 +6,57 @@ name in ``BROKERS`` (and, if it needs them, fast test settings in ``BROKER_OPTIO
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 
 from eventbus import EventBus
 from eventbus.broker import Broker
 from eventbus.brokers import open_broker
+from tests.brokers.redis_cleanup import deleting_keys
 from tests.conftest import broker_url
+from tests.rabbitmq.cleanup import removing_queues, sweep
 
-BROKERS = ["memory", "redis"]
+BROKERS = ["memory", "redis", "rabbitmq"]
 """Adapters under test, by name; each resolves to a URL in tests/conftest.py."""
 
 BROKER_OPTIONS: dict[str, dict[str, object]] = {
     # Entries of a member that died go to another one after 3 s instead of 60 s.
     "redis": {"reclaim_idle": 3.0},
+    # Streams are RabbitMQ's opt-in retention: on for every topic so replay is tested;
+    # short retention keeps the shared test server small.
+    "rabbitmq": {"streams": True, "stream_max_age": "1h", "reconnect_interval": 0.5},
 }
 """Adapter options for tests (e.g. short redelivery timeouts), by broker name."""
+
+CLEANUP: dict[str, Callable[..., AbstractAsyncContextManager[None]]] = {
+    "rabbitmq": removing_queues,
+    "redis": deleting_keys,
+}
+"""Per broker: ``cleanup(monkeypatch, url, topic)`` wraps each test and removes what it
+left on the (shared) server; ``SWEEP`` runs once at the end of the session."""
+
+SWEEP: dict[str, Callable[[], None]] = {"rabbitmq": sweep}
+
+
+@pytest.fixture(autouse=True)
+async def clean_up_the_server(
+    broker_name: str, url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[None]:
+    cleanup = CLEANUP.get(broker_name)
+    if cleanup is None:
+        yield
+        return
+    async with cleanup(monkeypatch, url, topic):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_the_servers() -> Iterator[None]:
+    yield
+    for finish in SWEEP.values():
+        finish()
 
 
 @pytest.fixture(params=BROKERS)

@@ -46,6 +46,8 @@ INBOX_PREFIX = "_INBOX."
 """Topics starting with this are reply inboxes: pub/sub channels, not streams."""
 
 
+_EPHEMERAL_TRIM = ("MAXLEN", "~", 1000)  # a durable=False publish: kept briefly
+_EPHEMERAL_TTL = 3600  # seconds a durable=False topic lives after its last publish
 _REPLAY_SLACK = timedelta(seconds=10)  # publisher clocks may run ahead of Redis's
 _REPLAY_PAGE = 500
 
@@ -242,7 +244,9 @@ class RedisBroker:
         A topic starting with ``_INBOX.`` is a reply inbox: the reply is sent on that
         pub/sub channel instead and is not retained.
 
-        Options: ``durable`` is accepted and changes nothing (a stream is the only path).
+        Options: ``durable=False`` marks the topic as only worth anything live (presence,
+        node-addressed calls): its stream is trimmed to about 1,000 entries and expires
+        an hour after the last such publish, so short-lived topics do not pile up.
 
         Raises:
             BrokerUnavailable: Redis cannot be reached, or did not answer within ``timeout``.
@@ -253,16 +257,26 @@ class RedisBroker:
         """
         if self._closed:
             raise ClosedError(f"cannot publish to {message.topic!r}: the broker is closed")
+        durable = True
         if options:
             check_options(options, ("durable",), "publish")
+            durable = options.get("durable", True) is not False
         topic = message.topic
         if topic.startswith(INBOX_PREFIX):
             command = pack(("PUBLISH", topic, encode_reply(message)))
             if not await self._send(command, f"reply to {topic!r}"):
                 raise UndeliverableError(f"nobody listens on reply inbox {topic!r} any more")
             return
-        command = pack(("XADD", topic, *self._trim, "*", *encode_fields(message)))
+        if durable:
+            command = pack(("XADD", topic, *self._trim, "*", *encode_fields(message)))
+            await self._send(command, f"publish to {topic!r}")
+            return
+        command = pack(("XADD", topic, *_EPHEMERAL_TRIM, "*", *encode_fields(message)))
         await self._send(command, f"publish to {topic!r}")
+        # Sent after the entry, in order on the same connection; a failure only delays
+        # the expiry to the next publish.
+        expiry = self._pipeline.call(pack(("EXPIRE", topic, _EPHEMERAL_TTL)))
+        expiry.add_done_callback(_ignore_failure)
 
     async def subscribe(
         self, topic: str, handler: Handler, *, group: str | None = None, **options: object
@@ -432,6 +446,11 @@ class RedisInbox:
             await asyncio.gather(self._task, return_exceptions=True)
         await self._conn.disconnect(nowait=True)
         self._broker.forget(self)
+
+
+def _ignore_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 def check_options(options: dict[str, object], known: Iterable[str], where: str) -> None:
