@@ -1,7 +1,8 @@
 """an asyncio framework for event-driven services.
 
 Publish with `Publisher`, consume with ``@subscriber`` handlers, call services with
-request/reply, on Kafka, NATS, RabbitMQ, Redis or in memory, by changing one URL.
+request/reply or through the registry (``bus.client("calc").call("add", ...)``), on
+Kafka, NATS, RabbitMQ, Redis or in memory, by changing one URL.
 
 Example:
     >>> from eventbus import Publisher, subscriber
@@ -11,9 +12,11 @@ Example:
     >>> # reply = await Publisher("math.add").request({"a": 1, "b": 2})  # {"sum": 3}
 """
 
+from eventbus import tracing
 from eventbus.blocking import BlockingBus
 from eventbus.broker import Broker, Capabilities, Handler, Subscription
 from eventbus.bus import EventBus, default_bus, set_default_bus, subscriber
+from eventbus.client import Client
 from eventbus.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -22,6 +25,7 @@ from eventbus.errors import (
     ConfigurationError,
     DecodeError,
     EncodeError,
+    EndpointNotFound,
     EventBusError,
     HandlerTimeout,
     RecordingError,
@@ -34,7 +38,11 @@ from eventbus.errors import (
 )
 from eventbus.message import Delivery, Message
 from eventbus.middleware import Middleware, Next, RetryPolicy
+from eventbus.presence import PresenceRegistry
 from eventbus.publisher import Publisher
+from eventbus.registry import Node, Registry, RegistryEvent, wait_for_nodes
+from eventbus.selector import Selector
+from eventbus.server import endpoint
 from eventbus.subscriber import Subscriber
 
 __version__ = "0.1.0"
@@ -45,12 +53,14 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailable",
     "Capabilities",
+    "Client",
     "ClosedError",
     "CodecError",
     "ConfigurationError",
     "DecodeError",
     "Delivery",
     "EncodeError",
+    "EndpointNotFound",
     "EventBus",
     "EventBusError",
     "Handler",
@@ -58,18 +68,26 @@ __all__ = [
     "Message",
     "Middleware",
     "Next",
+    "Node",
+    "PresenceRegistry",
     "Publisher",
     "RecordingError",
+    "Registry",
+    "RegistryEvent",
     "RemoteError",
     "ReplayNotSupported",
     "RequestTimeout",
     "RetryPolicy",
+    "Selector",
     "ServiceNotFound",
     "Subscriber",
     "Subscription",
     "TopicNotFound",
     "UndeliverableError",
     "default_bus",
+    "endpoint",
     "set_default_bus",
     "subscriber",
+    "tracing",
+    "wait_for_nodes",
 ]

@@ -1,4 +1,4 @@
-"""`BlockingBus`: publish and request from synchronous code (scripts, Django or Flask views).
+"""`BlockingBus`: publish, request and call services from synchronous code (scripts, views).
 
 The bus runs on its own event loop in a background thread; each call hands a coroutine
 to that loop and blocks until it finishes. Callers never touch asyncio.
@@ -99,6 +99,27 @@ class BlockingBus:
     def request(self, topic: str, value: object = None, **kwargs: Any) -> Any:
         """Send a request and block for the decoded reply (see `Publisher.request`)."""
         return self._run(self.bus.request(topic, value, **kwargs))
+
+    def call(
+        self,
+        service: str,
+        endpoint: str,
+        payload: object = None,
+        *,
+        selector: str = "random",
+        **kwargs: Any,
+    ) -> Any:
+        """Call a service's endpoint through the registry and block for the reply.
+
+        Takes `Client.call`'s keyword arguments (``timeout``, ``retries``,
+        ``response_type``, ``headers``...); raises what it raises.
+        """
+
+        async def call() -> Any:
+            client = self.bus.client(service, selector=selector)
+            return await client.call(endpoint, payload, **kwargs)
+
+        return self._run(call())
 
     def close(self) -> None:
         """Close the bus and stop the background loop. Safe to call twice."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from eventbus.message import Message
 
@@ -70,7 +70,14 @@ class Broker(Protocol):
     options raise `ConfigurationError`.
     """
 
-    capabilities: ClassVar[Capabilities]
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this broker can do.
+
+        A class attribute on most adapters; an instance attribute where it depends on
+        options (RabbitMQ retains only the topics that have a stream).
+        """
+        ...
 
     async def connect(self) -> None:
         """Connect. Raises `BrokerUnavailable` when the broker cannot be reached."""

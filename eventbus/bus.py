@@ -8,16 +8,22 @@ import os
 import signal
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventbus.broker import Broker
+from eventbus.client import Client
 from eventbus.codecs import CodecRegistry, default_registry
 from eventbus.errors import ClosedError, ConfigurationError, ReplayNotSupported
 from eventbus.message import Message, new_id
 from eventbus.middleware import Middleware, RetryPolicy
+from eventbus.presence import PresenceRegistry
 from eventbus.publisher import Publisher
+from eventbus.registry import Registry
 from eventbus.rpc import Replies
+from eventbus.selector import Selector
+from eventbus.server import Server, register_service
 from eventbus.subscriber import Subscriber
 
 if TYPE_CHECKING:
@@ -29,6 +35,7 @@ __all__ = ["EventBus", "default_bus", "set_default_bus", "subscriber"]
 log = logging.getLogger("eventbus")
 
 F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S")
 
 _NEW, _STARTING, _RUNNING, _CLOSING, _CLOSED = range(5)
 _DEFAULT_RETRY = RetryPolicy()
@@ -52,6 +59,11 @@ class EventBus:
             backoff doubling); an int is a number of attempts, 1 disables retries.
         codecs: Codec registry; the process-wide default when omitted.
         shutdown_timeout: Seconds `close` waits for in-flight handlers.
+        registry: The service registry (a `Registry`, or a function building one from
+            the bus); presence on the bus itself (`PresenceRegistry`) by default.
+        heartbeat: Seconds between presence announcements of a named bus (default 5).
+        ttl: Seconds a node stays in registries without an announcement (default 3
+            heartbeats).
         broker_options: Passed to the adapter (e.g. ``maxlen=`` for Redis).
 
     Example:
@@ -75,6 +87,9 @@ class EventBus:
         retry: RetryPolicy | int = _DEFAULT_RETRY,
         codecs: CodecRegistry | None = None,
         shutdown_timeout: float = 10.0,
+        registry: Registry | Callable[[EventBus], Registry] | None = None,
+        heartbeat: float = 5.0,
+        ttl: float | None = None,
         **broker_options: object,
     ) -> None:
         self.url = url or os.environ.get("EVENTBUS_URL") or "memory://"
@@ -95,6 +110,20 @@ class EventBus:
         self._publishers: dict[str, Publisher] = {}
         self._state = _NEW
         self._starting: asyncio.Lock | None = None
+        if registry is None:
+            self._make_registry: Callable[[EventBus], Registry] = partial(
+                PresenceRegistry, heartbeat=heartbeat, ttl=ttl
+            )
+        elif heartbeat != 5.0 or ttl is not None:
+            raise ConfigurationError("heartbeat= and ttl= configure the default registry only")
+        elif isinstance(registry, Registry):
+            given = registry
+            self._make_registry = lambda bus: given
+        else:
+            self._make_registry = registry
+        self._registry = self._make_registry(self)
+        self._server: Server | None = None
+        self._clients: dict[tuple[object, ...], Client] = {}
         self.is_running = False
         """True between a successful `start` and `close`."""
 
@@ -112,6 +141,15 @@ class EventBus:
             options.setdefault("grace", self.shutdown_timeout)
             self._broker = open_broker(self.url, **options)
         return self._broker
+
+    @property
+    def registry(self) -> Registry:
+        """The live view of the services on this bus's broker (see `Registry`).
+
+        A named bus registers itself in it when it starts; reads on an unnamed bus
+        start watching on first use.
+        """
+        return self._registry
 
     def use_broker(self, broker: Broker | None) -> Broker | None:
         """Replace the broker of a bus that is not running; return the one replaced.
@@ -134,6 +172,7 @@ class EventBus:
             self._state = _NEW
             self._starting = None
             self.replies = Replies(self)
+            self._registry = self._make_registry(self)  # the last run's registry is closed
         previous, self._broker = self._broker, broker
         return previous
 
@@ -221,9 +260,84 @@ class EventBus:
         self.subscribers.append(sub)
         if self.is_running:
             await sub.start()
+            if self._server is not None:
+                await self._server.refresh()  # announce the new endpoint
         else:
             await self.start()
         return sub
+
+    def service(self, service: S, *, name: str | None = None, **settings: Any) -> S:
+        """Serve the public methods of ``service`` as endpoints ``<name>.<method>``.
+
+        ``service`` is an instance, or a class instantiated without arguments (so this
+        works as a class decorator). ``name`` defaults to the bus's name; the methods'
+        subscribers share the group ``name`` unless ``group=`` says otherwise. Other
+        settings are `subscriber`'s; `eventbus.endpoint` overrides them per method.
+
+        Example:
+            >>> class Greeter:
+            ...     async def hello(self, req: dict) -> dict:
+            ...         return {"message": "Hello " + req["name"]}
+            >>> bus = EventBus("memory://", name="greeter")
+            >>> greeter = bus.service(Greeter())   # endpoint greeter.hello
+
+        Raises:
+            ConfigurationError: the bus is running, has no name and none is given, or a
+                method cannot be a handler.
+        """
+        register_service(self, service, name=name, **settings)
+        return service
+
+    def client(
+        self,
+        service: str,
+        *,
+        selector: Selector | str = "random",
+        version: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+        retries: int = 1,
+    ) -> Client:
+        """A `Client` calling ``service``'s endpoints on nodes chosen client-side.
+
+        Clients built from the same settings (with a strategy name) are one object,
+        so the selector's state (turns, marked nodes) is kept across calls.
+
+        Example:
+            >>> bus = EventBus("memory://")
+            >>> calc = bus.client("calculator", selector="round_robin")
+            >>> # await calc.call("add", {"a": 1, "b": 2}, timeout=2.0)
+        """
+        if isinstance(selector, Selector):
+            return Client(
+                self,
+                service,
+                selector=selector,
+                version=version,
+                metadata=metadata,
+                timeout=timeout,
+                retries=retries,
+            )
+        key = (
+            service,
+            selector,
+            version,
+            tuple(sorted((metadata or {}).items())),
+            timeout,
+            retries,
+        )
+        found = self._clients.get(key)
+        if found is None:
+            found = self._clients[key] = Client(
+                self,
+                service,
+                selector=selector,
+                version=version,
+                metadata=metadata,
+                timeout=timeout,
+                retries=retries,
+            )
+        return found
 
     # -- publishing --------------------------------------------------------------------
 
@@ -360,10 +474,20 @@ class EventBus:
             )
 
     async def _on_started(self) -> None:
-        """Hook for what runs once subscribers are live (presence announcement)."""
+        """Once subscribers are live: a named bus takes node calls and announces itself."""
+        if self.name:
+            server = Server(self)
+            await server.start()
+            self._server = server
 
     async def _on_closing(self) -> None:
-        """Hook for what runs before subscribers stop (presence goodbye)."""
+        """Before subscribers stop: goodbye, finish node calls, stop watching presence."""
+        server, self._server = self._server, None
+        try:
+            if server is not None:
+                await server.stop()
+        finally:
+            await self._registry.close()
 
     async def close(self) -> None:
         """Stop subscribers (in-flight handlers finish), close the inbox and the broker.

@@ -15,6 +15,11 @@ Operator commands, each on the broker at ``--url`` (default ``$EVENTBUS_URL``, e
   handlers and print what happened to each message (exit status 1 unless all were
   processed).
 
+Service commands, through the registry (see ``eventbus.cli_services``):
+
+- ``eventbus services``: the services, nodes, versions, ages and endpoints.
+- ``eventbus call service.endpoint '{"json": 1}'``: call an endpoint, print the reply.
+
 Errors print one line on stderr and exit with status 2.
 """
 
@@ -38,6 +43,7 @@ from typing import IO, Any
 import orjson
 
 from eventbus.bus import EventBus, default_bus
+from eventbus.cli_services import add_service_commands
 from eventbus.display import (
     Progress,
     describe,
@@ -50,6 +56,7 @@ from eventbus.errors import ConfigurationError, EventBusError, RecordingError
 from eventbus.message import Message, format_time
 from eventbus.recording import Redelivery, format_line, is_json, load
 from eventbus.subscriber import PROCESSED
+from eventbus.tracing import install_log_filter
 
 __all__ = ["load_bus", "main"]
 
@@ -464,6 +471,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1, help="processes to run (default 1)")
     run.set_defaults(handler=_run)
     _add_operator_commands(commands)
+    add_service_commands(commands, _option)
     return parser
 
 
@@ -474,8 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.log_level = level or ("INFO" if args.command == "run" else "WARNING")
     logging.basicConfig(
         level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d] {%(trace_id)s}: %(message)s",
     )
+    install_log_filter()  # the trace id of the call being served, or "-"
     handler: Command = args.handler
     try:
         return handler(args)

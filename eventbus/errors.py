@@ -15,6 +15,7 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "EncodeError",
+    "EndpointNotFound",
     "EventBusError",
     "HandlerTimeout",
     "RecordingError",
@@ -102,6 +103,15 @@ class TopicNotFound(EventBusError, LookupError):
 
 class ServiceNotFound(EventBusError, LookupError):
     """No live node of the requested service is known to the registry."""
+
+
+class EndpointNotFound(EventBusError, LookupError):
+    """A node was called on an endpoint it does not serve.
+
+    Raised on the serving node and sent back as an error reply: the caller gets a
+    `RemoteError` whose ``remote_type`` is ``"EndpointNotFound"`` and whose message
+    lists the endpoints the node does serve.
+    """
 
 
 class RemoteError(EventBusError):

@@ -33,6 +33,7 @@ from eventbus.brokers.memory import MemoryBroker, MemoryHub
 from eventbus.bus import EventBus, default_bus
 from eventbus.errors import ConfigurationError, RecordingError
 from eventbus.message import DLQ_TOPIC, ERROR, ERROR_TYPE, Message, new_id
+from eventbus.presence import NODE_TOPIC_PREFIX, PRESENCE_TOPIC
 from eventbus.recording import (
     Redelivery,
     RedeliveryStatus,
@@ -58,6 +59,8 @@ __all__ = [
 ]
 
 _INBOX_PREFIX = "_INBOX."
+# Plumbing left out of `TestBus.topics`: reply inboxes, presence, node-addressed calls.
+_INTERNAL = (_INBOX_PREFIX, PRESENCE_TOPIC, NODE_TOPIC_PREFIX)
 
 
 class _RecordingBroker:
@@ -302,8 +305,10 @@ class TestBus:
 
     @property
     def topics(self) -> list[str]:
-        """Topics something was published to, in order of first use (reply inboxes left out)."""
-        seen = dict.fromkeys(
-            m.topic for m in self.messages if not m.topic.startswith(_INBOX_PREFIX)
-        )
+        """Topics something was published to, in order of first use.
+
+        Plumbing is left out: reply inboxes, ``eventbus.presence`` and node addresses
+        (``eventbus.node.<id>``, where registry clients send their calls).
+        """
+        seen = dict.fromkeys(m.topic for m in self.messages if not m.topic.startswith(_INTERNAL))
         return list(seen)

@@ -6,22 +6,62 @@ name in ``BROKERS`` (and, if it needs them, fast test settings in ``BROKER_OPTIO
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 
 from eventbus import EventBus
 from eventbus.broker import Broker
 from eventbus.brokers import open_broker
-from tests.conftest import broker_url, reachable
+from tests.brokers.redis_cleanup import deleting_keys
+from tests.conftest import broker_url
+from tests.nats.streams import dropping_streams
+from tests.rabbitmq.cleanup import removing_queues, sweep
 
-BROKERS = ["memory", "nats"]
+BROKERS = ["memory", "redis", "rabbitmq", "nats"]
 """Adapters under test, by name; each resolves to a URL in tests/conftest.py."""
 
 BROKER_OPTIONS: dict[str, dict[str, object]] = {
+    # Entries of a member that died go to another one after 3 s instead of 60 s.
+    "redis": {"reclaim_idle": 3.0},
+    # Streams are RabbitMQ's opt-in retention: on for every topic so replay is tested;
+    # short retention keeps the shared test server small.
+    "rabbitmq": {"streams": True, "stream_max_age": "1h", "reconnect_interval": 0.5},
+    # Unacknowledged messages of a member that died go to another one after 10 s, not 30 s;
+    # streams keep an hour, so the shared test server stays small.
     "nats": {"ack_wait": 10.0, "max_age": 3600.0},
 }
 """Adapter options for tests (e.g. short redelivery timeouts), by broker name."""
+
+CLEANUP: dict[str, Callable[..., AbstractAsyncContextManager[None]]] = {
+    "rabbitmq": removing_queues,
+    "redis": deleting_keys,
+    "nats": dropping_streams,
+}
+"""Per broker: ``cleanup(monkeypatch, url, topic)`` wraps each test and removes what it
+left on the (shared) server; ``SWEEP`` runs once at the end of the session."""
+
+SWEEP: dict[str, Callable[[], None]] = {"rabbitmq": sweep}
+
+
+@pytest.fixture(autouse=True)
+async def clean_up_the_server(
+    broker_name: str, url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[None]:
+    cleanup = CLEANUP.get(broker_name)
+    if cleanup is None:
+        yield
+        return
+    async with cleanup(monkeypatch, url, topic):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_the_servers() -> Iterator[None]:
+    yield
+    for finish in SWEEP.values():
+        finish()
 
 
 @pytest.fixture(params=BROKERS)
@@ -33,18 +73,6 @@ def broker_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def url(broker_name: str) -> str:
     return broker_url(broker_name)
-
-
-@pytest.fixture(autouse=True)
-async def _drop_streams(broker_name: str, topic: str) -> AsyncIterator[None]:
-    """On NATS, delete the test topic's JetStream streams afterwards (the server is shared)."""
-    yield
-    if broker_name == "nats":
-        from tests.nats.streams import drop_streams, nats_url
-
-        url = nats_url()
-        if reachable(url):
-            await drop_streams(url, topic)
 
 
 MakeBus = Callable[..., EventBus]

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import nats
-
-from tests.conftest import DEFAULT_URLS
-
-
-def nats_url() -> str:
-    """The NATS server the suite uses (``EVENTBUS_NATS_URL`` or the default)."""
-    return os.environ.get("EVENTBUS_NATS_URL") or DEFAULT_URLS["nats"]
+import pytest
 
 
 async def drop_streams(url: str, topic: str) -> None:
@@ -33,3 +28,13 @@ async def drop_streams(url: str, topic: str) -> None:
             await jsm.delete_stream(name)
     finally:
         await nc.close()
+
+
+@asynccontextmanager
+async def dropping_streams(
+    monkeypatch: pytest.MonkeyPatch, url: str, topic: str
+) -> AsyncIterator[None]:
+    """The conformance suite's clean-up for NATS: drop the test topic's streams after it."""
+    del monkeypatch  # the clean-up protocol passes it; NATS needs nothing patched
+    yield
+    await drop_streams(url, topic)
