@@ -131,7 +131,7 @@ async def test_large_body_goes_through_the_object_store(
     await plain.subscribe(topic, cb=on_msg)
     await plain.flush()
     inbox, core = Inbox(), Inbox()
-    bus = EventBus(url)
+    bus = EventBus(url, max_age=3600.0)  # the body bucket expires on the shared server
     bus.subscriber(topic, group="big")(inbox.put)
     bus.subscriber(topic, durable=False)(core.put)
     async with bus:
