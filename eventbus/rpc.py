@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from eventbus.broker import Subscription
+from eventbus.codecs import Decoder, Encoder
 from eventbus.errors import ClosedError, RemoteError, RequestTimeout
 from eventbus.message import ERROR, ERROR_TYPE, TRACEPARENT, Message
 
@@ -39,6 +40,17 @@ class Replies:
         self._inbox: Subscription | None = None
         self._opening: asyncio.Lock | None = None
         self._pending: dict[str, asyncio.Future[Message]] = {}
+        # Resolved once per type, as publishers do: replies are on the hot path of RPC.
+        self._encoders: dict[type, tuple[str, Encoder]] = {}
+        self._decoders: dict[tuple[str | None, Any], Decoder] = {}
+
+    def decoder(self, content_type: str | None, into: Any) -> Decoder:
+        """The decoder for replies of ``content_type`` into ``into`` (cached)."""
+        key = (content_type, into)
+        found = self._decoders.get(key)
+        if found is None:
+            found = self._decoders[key] = self._bus.codecs.decoder(content_type, into)
+        return found
 
     async def address(self) -> str:
         """The inbox address requests put in ``reply_to``; opens the inbox on first use."""
@@ -90,7 +102,11 @@ class Replies:
             UndeliverableError: nobody listens at ``reply_to`` any more.
         """
         bus = self._bus
-        content_type, body = bus.codecs.encode(result)
+        found = self._encoders.get(result.__class__)
+        if found is None:
+            found = self._encoders[result.__class__] = bus.codecs.encoder(result)
+        content_type, encode = found
+        body = encode(result)
         reply = Message(
             request.reply_to or "",
             body,
@@ -148,4 +164,4 @@ def decode_reply(reply: Message, into: Any, bus: EventBus, topic: str) -> Any:
         raise RemoteError(headers[ERROR_TYPE], headers.get(ERROR, ""), topic=topic)
     if into is Message:
         return reply
-    return bus.codecs.decoder(reply.content_type, into)(reply.body)
+    return bus.replies.decoder(reply.content_type, into)(reply.body)

@@ -64,7 +64,7 @@ _ENVELOPE_NAMES = ("msg", "message")
 class _Signature:
     """What a handler wants: the payload's type, and whether (and how) it wants the envelope."""
 
-    __slots__ = ("envelope", "into", "is_async", "raw", "takes_payload")
+    __slots__ = ("envelope", "into", "is_async", "raw", "returns_none", "takes_payload")
 
     def __init__(self, fn: HandlerFn) -> None:
         target = inspect.unwrap(fn)
@@ -90,6 +90,7 @@ class _Signature:
         annotation = hints.get(first.name) if first is not None else None
         self.raw = annotation is Message
         self.into: Any = None if self.raw else annotation
+        self.returns_none = hints.get("return", ...) is type(None)
         self.envelope: str | None = None
         for param in params[1:] if self.takes_payload else params:
             if hints.get(param.name) is Message or param.name in _ENVELOPE_NAMES:
@@ -229,6 +230,10 @@ class Subscriber:
         self.middleware = tuple(middleware)
         self.options = dict(options or {})
         self.signature = _Signature(fn)
+        # A group-less subscriber declared `-> None` is an observer (audit, logging): it
+        # never answers requests, so it cannot race the real responder with `null`.
+        self.answers = not (group is None and self.signature.returns_none)
+        """Whether this subscriber replies to requests (messages with ``reply_to``)."""
         self.subscription: Subscription | None = None
         self.processed = 0
         """Messages the handler finished without raising."""
@@ -260,17 +265,18 @@ class Subscriber:
     def build(self) -> Callable[[Message], Awaitable[None]]:
         """Return the broker-level handler: the whole pipeline for one delivered message."""
         call = self._pipeline()
+        answers = self.answers
 
         async def handle(message: Message) -> None:
             try:
-                if message.reply_to is not None and DEADLINE in message.headers:
+                if message.reply_to is not None and answers and DEADLINE in message.headers:
                     result = await run_within(_deadline(message), call, message)
                 else:
                     result = await call(message)
             except Exception as exc:
                 await self._settle_failure(message, exc)
                 return
-            if message.reply_to is not None:
+            if message.reply_to is not None and answers:
                 await self._settle_reply(message, result)
             self.processed += 1
             if self._waiters:
@@ -338,7 +344,7 @@ class Subscriber:
     async def _settle_failure(self, message: Message, exc: Exception) -> None:
         attempts = getattr(exc, ATTEMPTS_ATTR, 1)
         self.failed += 1
-        if message.reply_to is not None:
+        if message.reply_to is not None and self.answers:
             log.warning(
                 "%s failed on request %r (id=%s): %s: %s; answering with an error",
                 self.name,

@@ -14,16 +14,23 @@ import pytest
 from eventbus import EventBus
 from eventbus.broker import Broker
 from eventbus.brokers import open_broker
+from tests.brokers.redis_cleanup import deleting_keys
 from tests.conftest import broker_url
+from tests.nats.streams import dropping_streams
 from tests.rabbitmq.cleanup import removing_queues, sweep
 
-BROKERS = ["memory", "rabbitmq", "kafka"]
+BROKERS = ["memory", "redis", "rabbitmq", "nats", "kafka"]
 """Adapters under test, by name; each resolves to a URL in tests/conftest.py."""
 
 BROKER_OPTIONS: dict[str, dict[str, object]] = {
+    # Entries of a member that died go to another one after 3 s instead of 60 s.
+    "redis": {"reclaim_idle": 3.0},
     # Streams are RabbitMQ's opt-in retention: on for every topic so replay is tested;
     # short retention keeps the shared test server small.
     "rabbitmq": {"streams": True, "stream_max_age": "1h", "reconnect_interval": 0.5},
+    # Unacknowledged messages of a member that died go to another one after 10 s, not 30 s;
+    # streams keep an hour, so the shared test server stays small.
+    "nats": {"ack_wait": 10.0, "max_age": 3600.0},
     # Groups join in about half the session timeout on Tansu; fetches wait for data only
     # up to fetch_wait there (Tansu does not end a long poll early when data arrives).
     "kafka": {
@@ -40,6 +47,8 @@ BROKER_OPTIONS: dict[str, dict[str, object]] = {
 
 CLEANUP: dict[str, Callable[..., AbstractAsyncContextManager[None]]] = {
     "rabbitmq": removing_queues,
+    "redis": deleting_keys,
+    "nats": dropping_streams,
 }
 """Per broker: ``cleanup(monkeypatch, url, topic)`` wraps each test and removes what it
 left on the (shared) server; ``SWEEP`` runs once at the end of the session."""

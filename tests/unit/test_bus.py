@@ -227,7 +227,7 @@ async def test_request_reply_errors_and_timeouts(bus: EventBus) -> None:
 async def test_server_gives_up_at_the_request_deadline(bus: EventBus) -> None:
     cancelled = asyncio.Event()
 
-    @bus.subscriber("work")
+    @bus.subscriber("work", group="workers")
     async def work(req: dict[str, Any]) -> None:
         try:
             await asyncio.sleep(30)
@@ -348,3 +348,26 @@ async def test_run_stops_gracefully_on_sigterm() -> None:
         await runner
     assert finished == [1], "the in-flight handler finished before the bus closed"
     assert not bus.is_running
+
+
+async def test_handlers_declared_none_never_answer_requests(bus: EventBus) -> None:
+    audited: list[int] = []
+
+    @bus.subscriber("calc.double")
+    async def audit(req: int) -> None:  # a group-less observer declared -> None
+        audited.append(req)
+
+    @bus.subscriber("calc.double", group="calc")
+    async def double(req: int) -> int:
+        return 2 * req
+
+    @bus.subscriber("calc.reset", group="calc")
+    async def reset(req: int) -> None:  # a command in a group: answers with null
+        audited.append(-req)
+
+    async with bus:
+        replies = [await bus.request("calc.double", i, timeout=5) for i in range(20)]
+        await bus.subscribers[0].wait_for(processed=20)
+        assert await bus.request("calc.reset", 1, timeout=5) is None
+    assert replies == [2 * i for i in range(20)], "only the answering handler replies"
+    assert audited == [*range(20), -1]
