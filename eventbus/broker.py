@@ -8,14 +8,14 @@ checks the contract written in these docstrings against every adapter.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from eventbus.message import Message
 
-__all__ = ["Broker", "Capabilities", "Handler", "Subscription"]
+__all__ = ["Broker", "Capabilities", "Handler", "PublishesMany", "Subscription"]
 
 Handler = Callable[[Message], Awaitable[None]]
 """What a broker calls per delivered message. Returning acks; raising asks for redelivery."""
@@ -131,5 +131,24 @@ class Broker(Protocol):
         Raises:
             ReplayNotSupported: the broker (or this topic) keeps nothing.
             TopicNotFound: nothing was ever published to the topic.
+        """
+        ...
+
+
+@runtime_checkable
+class PublishesMany(Protocol):
+    """Optional: an adapter that publishes a batch cheaper than one message at a time.
+
+    `Publisher.publish_many` uses it when the broker has it (Kafka: one wait for all
+    delivery reports instead of one task wake-up per message), and publishes the
+    messages concurrently one by one otherwise.
+    """
+
+    async def publish_many(self, messages: Sequence[Message], **options: object) -> None:
+        """Return once the broker has accepted every message.
+
+        Raises:
+            BrokerError: at least one message was refused; others may have been
+                accepted (publish the batch again: delivery is at-least-once).
         """
         ...

@@ -355,6 +355,10 @@ class EventBus:
         """Publish ``value`` to ``topic`` (see `Publisher.publish`)."""
         return await self._publisher(topic).publish(value, **kwargs)
 
+    async def publish_many(self, topic: str, values: Iterable[object], **kwargs: Any) -> Any:
+        """Publish many values to ``topic`` (see `Publisher.publish_many`)."""
+        return await self._publisher(topic).publish_many(values, **kwargs)
+
     async def request(self, topic: str, value: object = None, **kwargs: Any) -> Any:
         """Send a request to ``topic`` and return the decoded reply (see `Publisher.request`)."""
         return await self._publisher(topic).request(value, **kwargs)

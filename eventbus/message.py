@@ -84,8 +84,18 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_last_time: list[object] = [None, ""]  # the last time formatted: a batch shares one time
+
+
 def format_time(value: datetime) -> str:
     """Format a time as RFC 3339 in UTC, the CloudEvents ``time`` format."""
+    last = _last_time
+    if value is last[0]:
+        return last[1]  # type: ignore[return-value]  # always the text of last[0]
+    if value.tzinfo is UTC:  # every time eventbus makes itself: the fast path
+        text = value.isoformat()[:-6] + "Z"
+        last[0], last[1] = value, text
+        return text
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
@@ -228,21 +238,38 @@ def to_headers(message: Message, *, prefix: str = "ce_", key: bool = True) -> di
     NATS as for HTTP); the content type goes in ``content-type``. Pass ``key=False``
     where the broker carries the key natively (Kafka).
     """
-    headers = dict(message.headers)
-    headers[prefix + "specversion"] = SPECVERSION
-    headers[prefix + "id"] = message.id
-    headers[prefix + "source"] = message.source or "eventbus"
-    headers[prefix + "type"] = message.type or message.topic
-    headers[prefix + "time"] = format_time(message.time)
+    names = _NAMES.get(prefix)
+    if names is None:
+        names = _NAMES[prefix] = _names(prefix)
+    spec, id_, source, type_, time, key_, reply_to, correlation_id = names
+    # One dict display: the attributes after the user's headers, so they win a clash.
+    headers = {
+        **message.headers,
+        spec: SPECVERSION,
+        id_: message.id,
+        source: message.source or "eventbus",
+        type_: message.type or message.topic,
+        time: format_time(message.time),
+    }
     if message.content_type is not None:
         headers["content-type"] = message.content_type
     if key and message.key is not None:
-        headers[prefix + _KEY] = message.key
+        headers[key_] = message.key
     if message.reply_to is not None:
-        headers[prefix + _REPLY_TO] = message.reply_to
+        headers[reply_to] = message.reply_to
     if message.correlation_id is not None:
-        headers[prefix + CORRELATION_ID] = message.correlation_id
+        headers[correlation_id] = message.correlation_id
     return headers
+
+
+def _names(prefix: str) -> tuple[str, str, str, str, str, str, str, str]:
+    return (
+        prefix + "specversion", prefix + "id", prefix + "source", prefix + "type",
+        prefix + "time", prefix + _KEY, prefix + _REPLY_TO, prefix + CORRELATION_ID,
+    )  # fmt: skip
+
+
+_NAMES: dict[str, tuple[str, str, str, str, str, str, str, str]] = {}
 
 
 def from_headers(

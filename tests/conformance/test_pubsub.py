@@ -190,3 +190,20 @@ async def test_empty_body(make_bus: MakeBus, topic: str) -> None:
         async with asyncio.timeout(20):
             await done.wait()
     assert got == [(b"", "application/octet-stream")]
+
+
+async def test_publish_many_delivers_every_message(make_bus: MakeBus, topic: str) -> None:
+    inbox = Inbox()
+    bus = make_bus()
+    bus.subscriber(topic, group="batch")(inbox.put)
+    async with bus:
+        sent = await bus.publish_many(
+            topic, ({"n": i} for i in range(300)), key=lambda v: v["n"] % 3
+        )
+        assert [m.key for m in sent[:4]] == ["0", "1", "2", "0"]
+        assert await bus.publish_many(topic, []) == []
+        await inbox.wait_for(300)
+    assert sorted(m.id for m in inbox.messages) == sorted(m.id for m in sent)
+    for key in ("0", "1", "2"):
+        order = [m.id for m in inbox.messages if m.key == key]
+        assert order == [m.id for m in sent if m.key == key], "order kept per key"

@@ -371,3 +371,19 @@ async def test_handlers_declared_none_never_answer_requests(bus: EventBus) -> No
         assert await bus.request("calc.reset", 1, timeout=5) is None
     assert replies == [2 * i for i in range(20)], "only the answering handler replies"
     assert audited == [*range(20), -1]
+
+
+async def test_publish_many_runs_publish_middleware_per_message(bus: EventBus) -> None:
+    seen: list[str] = []
+
+    async def tag(message: Message, call_next: Next) -> Any:
+        seen.append(message.id)
+        return await call_next(message)
+
+    inbox = Inbox()
+    bus.subscriber("batch")(inbox.put)
+    async with bus:
+        sent = await bus.publisher("batch", middleware=[tag]).publish_many([1, 2, 3], key="k")
+        await inbox.wait_for(3)
+    assert seen == [m.id for m in sent]
+    assert len({m.time for m in sent}) == 1, "one batch, one time"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -166,11 +166,7 @@ class KafkaBroker:
             durable = _publish_options(options)
         producer = self._producer
         if producer is None:
-            if self._closed:
-                raise ClosedError(f"cannot publish to {message.topic!r}: the broker is closed")
-            await self.connect()
-            producer = self._producer
-            assert producer is not None
+            producer = await self._open_producer(message.topic)
         topic = message.topic
         if topic not in self._topics:
             await self._prepare(topic)
@@ -213,6 +209,72 @@ class KafkaBroker:
                 raise
             if self._closed:
                 raise ClosedError(f"cannot publish to {topic!r}: the broker is closed")
+
+    async def _open_producer(self, topic: str) -> ProducerBridge:
+        if self._closed:
+            raise ClosedError(f"cannot publish to {topic!r}: the broker is closed")
+        await self.connect()
+        producer = self._producer
+        assert producer is not None
+        return producer
+
+    async def publish_many(self, messages: Sequence[Message], **options: object) -> None:
+        """Publish a batch; return once Kafka acknowledged every message.
+
+        One wait for all delivery reports instead of one per message: the fastest way
+        to publish many messages. Options as `publish`.
+
+        Raises:
+            BrokerUnavailable: some message got no acknowledgement within ``publish_timeout``.
+            BrokerError: Kafka refused some message; others may have been written
+                (publish the batch again: delivery is at-least-once).
+            ClosedError: the broker was closed.
+        """
+        if options and not _publish_options(options):
+            for message in messages:
+                await self.publish(message, durable=False)
+            return
+        if not messages:
+            return
+        producer = self._producer
+        if producer is None:
+            producer = await self._open_producer(messages[0].topic)
+        for topic in {m.topic for m in messages} - self._topics:
+            await self._prepare(topic)
+        for attempt in (1, 2):
+            batch = producer.batch()
+            try:
+                for message in messages:
+                    key = message.key
+                    args = (
+                        message.topic,
+                        message.body,
+                        None if key is None else key.encode(),
+                        to_headers(message, prefix="ce_", key=False),
+                    )
+                    while True:
+                        try:
+                            producer.send_to(batch, *args)
+                            break
+                        except BufferError:  # librdkafka's queue is full: wait for deliveries
+                            await producer.wait_for_space()
+                await producer.seal(batch)
+                producer.timeouts = 0
+                return
+            except (KafkaException, ProducerFailed) as exc:
+                # Settle what was queued before the failure; nobody awaits it any more.
+                producer.seal(batch).add_done_callback(_retrieve)
+                # A fatal producer error: retry the whole batch once on a new producer.
+                if attempt == 2 or not (isinstance(exc, ProducerFailed) or _is_fatal(exc)):
+                    raise _translate_publish(exc, messages[0].topic) from exc
+                producer = self._replace_producer(producer)
+            except (TopicNotFound, BrokerUnavailable) as exc:
+                self._topics.difference_update({m.topic for m in messages})
+                if isinstance(exc, BrokerUnavailable):
+                    self._suspect(producer)
+                raise
+            if self._closed:
+                raise ClosedError("cannot publish the batch: the broker is closed")
 
     def _suspect(self, producer: ProducerBridge) -> None:
         """Count a publish that timed out; after a few in a row, check the producer.
@@ -523,3 +585,8 @@ def _subscribe_options(options: Mapping[str, object]) -> tuple[int, bool]:
     if not isinstance(durable, bool):
         raise ConfigurationError(f"durable must be a bool, not {durable!r}")
     return concurrency, durable
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # mark it retrieved: the caller got the error another way

@@ -29,7 +29,7 @@ from eventbus.errors import (
     TopicNotFound,
 )
 
-__all__ = ["ProducerBridge", "ProducerFailed", "translate"]
+__all__ = ["Batch", "ProducerBridge", "ProducerFailed", "translate"]
 
 log = logging.getLogger("eventbus.kafka")
 
@@ -91,6 +91,35 @@ def translate(error: KafkaError, where: str) -> Exception:
     return BrokerError(f"Kafka refused {where}: {error.str()}")
 
 
+class Batch:
+    """Delivery reports of a batch of publishes, settled with one future (internal)."""
+
+    __slots__ = ("error", "future", "remaining", "sealed")
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.future = future
+        self.remaining = 0
+        self.sealed = False  # every message of the batch was handed to librdkafka
+        self.error: KafkaError | None = None
+
+    def settle(self, error: KafkaError | None, failed: bool) -> None:
+        self.remaining -= 1
+        if error is not None and self.error is None:
+            self.error = error
+        self.finish(failed)
+
+    def finish(self, failed: bool) -> None:
+        future = self.future
+        if not self.sealed or self.remaining or future.done():
+            return
+        if self.error is None:
+            future.set_result(None)
+        elif failed:
+            future.set_exception(ProducerFailed(self.error))
+        else:
+            future.set_exception(translate(self.error, "a publish of the batch"))
+
+
 class ProducerBridge:
     """One librdkafka producer and the thread that serves its delivery reports.
 
@@ -107,7 +136,7 @@ class ProducerBridge:
         self, config: Mapping[str, Any], on_fatal: Callable[[ProducerBridge], object]
     ) -> None:
         self.loop = asyncio.get_running_loop()
-        self._reports: deque[tuple[asyncio.Future[None], KafkaError | None]] = deque()
+        self._reports: deque[tuple[asyncio.Future[None] | Batch, KafkaError | None]] = deque()
         self._scheduled = False
         self._stopping = False
         self._space: asyncio.Future[None] | None = None
@@ -152,6 +181,32 @@ class ProducerBridge:
         )
         return future
 
+    def batch(self) -> Batch:
+        """Start a batch: `send_to` it, then `seal` it and await its future."""
+        batch = Batch(self.loop.create_future())
+        self._pending.add(batch.future)
+        return batch
+
+    def send_to(
+        self, batch: Batch, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
+    ) -> None:
+        """Queue one message of ``batch``; raises like `send` (the batch is unchanged then)."""
+        reports = self._reports
+        self.producer.produce(
+            topic,
+            value,
+            key,
+            headers=headers,  # type: ignore[arg-type]  # dict[str, str] is fine at run time
+            on_delivery=lambda error, _: reports.append((batch, error)),
+        )
+        batch.remaining += 1
+
+    def seal(self, batch: Batch) -> asyncio.Future[None]:
+        """Every message of the batch is queued: its future resolves with the last report."""
+        batch.sealed = True
+        batch.finish(self.failed)
+        return batch.future
+
     def send_and_forget(
         self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
     ) -> None:
@@ -191,8 +246,15 @@ class ProducerBridge:
         self._scheduled = False
         reports = self._reports
         pending = self._pending
+        failed = self.failed
         while reports:
-            future, error = reports.popleft()
+            target, error = reports.popleft()
+            if isinstance(target, Batch):
+                target.settle(error, failed)
+                if target.future.done():
+                    pending.discard(target.future)
+                continue
+            future = target
             pending.discard(future)
             if future.done():  # the publisher was cancelled
                 continue
