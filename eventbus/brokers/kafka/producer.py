@@ -34,6 +34,7 @@ __all__ = ["Batch", "ProducerBridge", "ProducerFailed", "translate"]
 log = logging.getLogger("eventbus.kafka")
 
 _POLL = 0.1
+_SPACE_WAIT = 0.01  # seconds between retries of a produce() refused by a full queue
 
 _UNAVAILABLE = {
     KafkaError._MSG_TIMED_OUT,
@@ -92,25 +93,40 @@ def translate(error: KafkaError, where: str) -> Exception:
 
 
 class Batch:
-    """Delivery reports of a batch of publishes, settled with one future (internal)."""
+    """Delivery reports of a batch of publishes, settled with one future (internal).
 
-    __slots__ = ("error", "future", "remaining", "sealed")
+    The report thread counts reports itself and hands the batch to the loop once,
+    when the last report arrived: one loop callback per batch, not per message.
+    ``sent`` and ``sealed`` are written by the loop, ``delivered`` and ``error`` by the
+    report thread only.
+    """
 
-    def __init__(self, future: asyncio.Future[None]) -> None:
+    __slots__ = ("delivered", "error", "future", "reports", "sealed", "sent")
+
+    def __init__(
+        self,
+        future: asyncio.Future[None],
+        reports: deque[tuple[asyncio.Future[None] | Batch, KafkaError | None]],
+    ) -> None:
         self.future = future
-        self.remaining = 0
+        self.reports = reports
+        self.sent = 0
+        self.delivered = 0
         self.sealed = False  # every message of the batch was handed to librdkafka
         self.error: KafkaError | None = None
 
-    def settle(self, error: KafkaError | None, failed: bool) -> None:
-        self.remaining -= 1
+    def report(self, error: KafkaError | None, _: object) -> None:
+        """librdkafka's delivery callback, on the report thread."""
+        self.delivered += 1
         if error is not None and self.error is None:
             self.error = error
-        self.finish(failed)
+        if self.sealed and self.delivered == self.sent:
+            self.reports.append((self, None))
 
     def finish(self, failed: bool) -> None:
+        """On the loop: resolve the future once every report is in (idempotent)."""
         future = self.future
-        if not self.sealed or self.remaining or future.done():
+        if not self.sealed or self.delivered != self.sent or future.done():
             return
         if self.error is None:
             future.set_result(None)
@@ -183,7 +199,7 @@ class ProducerBridge:
 
     def batch(self) -> Batch:
         """Start a batch: `send_to` it, then `seal` it and await its future."""
-        batch = Batch(self.loop.create_future())
+        batch = Batch(self.loop.create_future(), self._reports)
         self._pending.add(batch.future)
         return batch
 
@@ -191,15 +207,14 @@ class ProducerBridge:
         self, batch: Batch, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
     ) -> None:
         """Queue one message of ``batch``; raises like `send` (the batch is unchanged then)."""
-        reports = self._reports
         self.producer.produce(
             topic,
             value,
             key,
             headers=headers,  # type: ignore[arg-type]  # dict[str, str] is fine at run time
-            on_delivery=lambda error, _: reports.append((batch, error)),
+            on_delivery=batch.report,
         )
-        batch.remaining += 1
+        batch.sent += 1
 
     def seal(self, batch: Batch) -> asyncio.Future[None]:
         """Every message of the batch is queued: its future resolves with the last report."""
@@ -220,10 +235,14 @@ class ProducerBridge:
         )
 
     async def wait_for_space(self) -> None:
-        """Wait until some queued message was delivered (or failed)."""
+        """Wait until some queued message was delivered (or failed).
+
+        Reports of a batch reach the loop once, with its last one, so a full queue made
+        of one unsealed batch would never signal: wait at most a few milliseconds.
+        """
         if self._space is None or self._space.done():
             self._space = self.loop.create_future()
-        await self._space
+        await asyncio.wait((self._space,), timeout=_SPACE_WAIT)
 
     def _serve(self) -> None:
         producer = self.producer
@@ -250,7 +269,7 @@ class ProducerBridge:
         while reports:
             target, error = reports.popleft()
             if isinstance(target, Batch):
-                target.settle(error, failed)
+                target.finish(failed)
                 if target.future.done():
                     pending.discard(target.future)
                 continue
