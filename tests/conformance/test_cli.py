@@ -18,7 +18,7 @@ import pytest
 
 from eventbus.brokers import open_broker
 from eventbus.testing import load
-from tests.conformance.conftest import BROKER_OPTIONS
+from tests.conformance.conftest import BROKER_OPTIONS, BROKERS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,11 +32,16 @@ def options(broker_name: str) -> list[str]:
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
+@pytest.fixture(params=[name for name in BROKERS if name != "memory"])
+def broker_name(request: pytest.FixtureRequest) -> str:
+    """The conformance brokers whose topics outlive a process (all but memory://)."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
 def cli(url: str, broker_name: str, topic: str) -> Run:
     """Run ``eventbus ARGS --url URL -o ...`` as a process on the broker under test."""
-    if broker_name == "memory":
-        pytest.skip("memory:// lives in one process; test_cli_operator.py runs it in-process")
 
     def run(*args: str, on: list[str] | None = None) -> subprocess.CompletedProcess[str]:
         where = on if on is not None else ["--url", url, *options(broker_name)]
