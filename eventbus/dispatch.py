@@ -4,6 +4,10 @@ Adapters use it to run a subscription's handler with bounded concurrency without
 creating a task per message: ``concurrency`` long-lived workers take items in order.
 Stopping it lets in-flight items finish (up to a grace period) and hands back what was
 not handled, so the adapter can leave it unacknowledged for redelivery.
+
+Given a ``key`` function, items with the same key always go to the same worker (its
+*lane*), so they are handled one after another in order even with many workers; items
+without a key go to whichever worker is free.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 __all__ = ["Dispatcher"]
@@ -24,8 +28,9 @@ T = TypeVar("T")
 class Dispatcher(Generic[T]):
     """Runs ``handle(item)`` for each `put` item on up to ``concurrency`` workers.
 
-    With one worker, items are handled strictly in order. If ``handle`` raises, the
-    item and the error go to ``on_error`` (or the log) and the worker goes on.
+    With one worker, items are handled strictly in order; with several and a ``key``
+    function, items of one key are. If ``handle`` raises, the item and the error go to
+    ``on_error`` (or the log) and the worker goes on.
 
     Example:
         >>> async def main() -> None:
@@ -46,13 +51,19 @@ class Dispatcher(Generic[T]):
         concurrency: int = 1,
         name: str = "",
         on_error: Callable[[T, Exception], None] | None = None,
+        key: Callable[[T], Hashable | None] | None = None,
     ) -> None:
         self._handle = handle
         self._on_error = on_error
         self._concurrency = concurrency
         self._name = name
         self._buffer: deque[T] = deque()
-        self._idle: deque[asyncio.Future[None]] = deque()
+        # Per worker: its lane of keyed items, and the future it sleeps on when idle.
+        self._key = key if concurrency > 1 else None
+        self._lanes: list[deque[T]] = [deque() for _ in range(concurrency)]
+        self._sleeping: list[asyncio.Future[None] | None] = [None] * concurrency
+        self._idle: deque[int] = deque()  # sleeping workers, oldest first (may be stale)
+        self._listed = [False] * concurrency  # the worker is in _idle
         self._workers: list[asyncio.Task[None]] = []
         self._inflight: dict[asyncio.Task[None], T] = {}
         self._unfinished: list[T] = []
@@ -61,39 +72,68 @@ class Dispatcher(Generic[T]):
     @property
     def waiting(self) -> int:
         """Items queued and not yet started."""
-        return len(self._buffer)
+        if self._key is None:
+            return len(self._buffer)
+        return len(self._buffer) + sum(len(lane) for lane in self._lanes)
 
     @property
     def pending(self) -> int:
         """Items waiting plus items being handled."""
-        return len(self._buffer) + len(self._inflight)
+        return self.waiting + len(self._inflight)
 
     def start(self) -> None:
         """Start the workers on the running loop."""
         for i in range(self._concurrency):
-            task = asyncio.create_task(self._work(), name=f"eventbus:{self._name}:{i}")
+            task = asyncio.create_task(self._work(i), name=f"eventbus:{self._name}:{i}")
             self._workers.append(task)
 
     def put(self, item: T) -> None:
         """Queue an item (never blocks). Items put after `stop` began are handed back by it."""
+        key = self._key
+        if key is not None:
+            found = key(item)
+            if found is not None:
+                lane = hash(found) % self._concurrency
+                self._lanes[lane].append(item)
+                self._wake(lane)
+                return
         self._buffer.append(item)
-        if self._idle:
-            waiter = self._idle.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+        idle = self._idle
+        while idle:
+            worker = idle.popleft()
+            self._listed[worker] = False
+            if self._wake(worker):
+                return
 
-    async def _work(self) -> None:
+    def _wake(self, worker: int) -> bool:
+        waiter = self._sleeping[worker]
+        if waiter is None or waiter.done():
+            return False
+        waiter.set_result(None)
+        return True
+
+    async def _work(self, worker: int) -> None:
         buffer = self._buffer
+        lane = self._lanes[worker]
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            if not buffer:
+            if lane:
+                item = lane.popleft()
+            elif buffer:
+                item = buffer.popleft()
+            else:
                 waiter: asyncio.Future[None] = loop.create_future()
-                self._idle.append(waiter)
-                await waiter
+                self._sleeping[worker] = waiter
+                if not self._listed[worker]:
+                    self._listed[worker] = True
+                    self._idle.append(worker)
+                try:
+                    await waiter
+                finally:
+                    self._sleeping[worker] = None
                 continue
-            item = buffer.popleft()
             self._inflight[task] = item
             try:
                 await self._handle(item)
@@ -115,8 +155,9 @@ class Dispatcher(Generic[T]):
             The items that were not handled: never started, or cancelled mid-way.
         """
         self._stopping = True
-        for waiter in self._idle:
-            waiter.cancel()
+        for waiter in self._sleeping:
+            if waiter is not None:
+                waiter.cancel()
         self._idle.clear()
         busy = [t for t in self._workers if t in self._inflight]
         idle = [t for t in self._workers if t not in self._inflight]
@@ -129,6 +170,9 @@ class Dispatcher(Generic[T]):
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
         left = [*self._unfinished, *self._buffer]
+        for lane in self._lanes:
+            left.extend(lane)
+            lane.clear()
         self._unfinished.clear()
         self._buffer.clear()
         return left

@@ -287,6 +287,7 @@ class MemoryBroker:
             concurrency=concurrency,
             name=f"memory:{topic}:{name}",
             on_error=lambda message, exc: self._redeliver(member_group, message, exc),
+            key=_message_key,  # one key's messages in order, however many workers
         )
         member = _Member(found, dispatcher)
         dispatcher.start()
@@ -326,6 +327,10 @@ class MemoryBroker:
         for index, message in enumerate(list(state.log)):
             if since is None or message.time >= since:
                 yield replace(message, delivery=Delivery(offset=first + index))
+
+
+def _message_key(message: Message) -> str | None:
+    return message.key
 
 
 def _check_options(options: dict[str, object], known: tuple[str, ...]) -> None:

@@ -182,3 +182,64 @@ async def test_dispatcher_reports_errors_and_goes_on() -> None:
         await done.wait()
     assert errors == [(1, "odd 1"), (3, "odd 3")]
     assert await dispatcher.stop(grace=1) == []
+
+
+async def test_dispatcher_keeps_one_keys_items_in_order_across_workers() -> None:
+    seen: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+    running: dict[str, int] = {"a": 0, "b": 0, "c": 0}
+    overlaps: list[str] = []
+    unkeyed: list[int] = []
+    all_done = asyncio.Event()
+
+    async def handle(item: tuple[str | None, int]) -> None:
+        key, n = item
+        if key is None:
+            unkeyed.append(n)
+            await asyncio.sleep(0)
+        else:
+            await keyed(key, n)
+        if len(unkeyed) + sum(len(v) for v in seen.values()) == 120:
+            all_done.set()
+
+    async def keyed(key: str, n: int) -> None:
+        running[key] += 1
+        if running[key] > 1:
+            overlaps.append(key)
+        await asyncio.sleep(0.001 * (n % 3))  # uneven work: a naive pool reorders
+        seen[key].append(n)
+        running[key] -= 1
+
+    dispatcher: Dispatcher[tuple[str | None, int]] = Dispatcher(
+        handle, concurrency=4, name="test", key=lambda item: item[0]
+    )
+    dispatcher.start()
+    for n in range(60):
+        dispatcher.put(("abc"[n % 3], n))
+        dispatcher.put((None, n))
+    async with asyncio.timeout(10):
+        await all_done.wait()
+    assert await dispatcher.stop(grace=1) == []
+    assert overlaps == [], "two items of one key ran at the same time"
+    for i, key in enumerate("abc"):
+        assert seen[key] == list(range(i, 60, 3))
+    assert sorted(unkeyed) == list(range(60))
+
+
+async def test_memory_keeps_order_per_key_with_many_workers() -> None:
+    bus = EventBus(fresh())
+    seen: dict[str, list[int]] = {}
+    inbox = Inbox()
+
+    @bus.subscriber("orders", group="g", concurrency=8)
+    async def handle(body: dict[str, int], msg: Message) -> None:
+        await asyncio.sleep(0.001 * (body["n"] % 4))
+        assert msg.key is not None
+        seen.setdefault(msg.key, []).append(body["n"])
+        await inbox.put(msg)
+
+    async with bus:
+        for n in range(400):
+            await bus.publish("orders", {"n": n}, key=f"k{n % 5}")
+        await inbox.wait_for(400)
+    for i in range(5):
+        assert seen[f"k{i}"] == list(range(i, 400, 5))
