@@ -83,6 +83,14 @@ def test_stream_topics_follow_amqp_patterns(
     assert topic_matcher(patterns)(topic) is expected
 
 
+def test_the_registrys_own_topics_never_get_a_stream() -> None:
+    for streams in (True, ("#",), ("eventbus.#",)):
+        matches = topic_matcher(streams)
+        assert not matches("eventbus.presence")
+        assert not matches("eventbus.node.4f2a9c")
+    assert topic_matcher(True)("orders")
+
+
 def test_retains_only_when_every_topic_has_a_stream() -> None:
     url = "amqp://guest:guest@127.0.0.1:5672/"
     assert RabbitMQBroker(url, streams=True).capabilities.retains

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventbus.errors import ConfigurationError
+from eventbus.presence import NODE_TOPIC_PREFIX, PRESENCE_TOPIC
 
 __all__ = ["BrokerOptions", "publish_durable", "subscribe_options", "topic_matcher"]
 
@@ -153,16 +154,21 @@ def topic_matcher(streams: bool | tuple[str, ...]) -> Callable[[str], bool]:
     """Return a predicate telling whether a topic has a stream, from the ``streams`` option.
 
     Patterns are AMQP topic patterns: ``*`` is one dot-separated word, ``#`` zero or
-    more words. Answers are cached per topic.
+    more words. Answers are cached per topic. The registry's own topics (presence and
+    node addresses, live-only and one per node) never get one: a stream queue per node
+    would outlive every node.
     """
-    if streams is True:
-        return lambda topic: True
     if not streams:
         return lambda topic: False
-    patterns = [pattern.split(".") for pattern in streams]
+    every = streams is True
+    patterns = [] if isinstance(streams, bool) else [pattern.split(".") for pattern in streams]
 
     @functools.lru_cache(maxsize=4096)
     def matches(topic: str) -> bool:
+        if topic == PRESENCE_TOPIC or topic.startswith(NODE_TOPIC_PREFIX):
+            return False
+        if every:
+            return True
         words = topic.split(".")
         return any(_match(pattern, words) for pattern in patterns)
 
