@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def run_pytest(where: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -70,12 +73,22 @@ def test_fixtures_work_in_strict_mode_and_the_url_comes_from_the_option(tmp_path
     assert "no broker URL: pass --eventbus-url URL or set EVENTBUS_URL" in done.stdout
 
 
-def test_the_documented_example_runs(tmp_path: Path) -> None:
-    """Every block of docs/testing.md that starts with ``# <file name>`` is written out and run."""
-    blocks = re.findall(r"```(?:python|ini)\n# (\S+)\n(.*?)```", DOCS.read_text(), re.S)
-    files = {name: text for name, text in blocks}
-    assert set(files) == {"shop.py", "test_shop.py", "conftest.py", "pytest.ini"}
-    for name, text in files.items():
+@pytest.mark.parametrize(
+    ("doc", "files", "passed"),
+    [
+        (DOCS, {"shop.py", "test_shop.py", "conftest.py", "pytest.ini"}, 4),
+        (README, {"shop.py", "test_shop.py", "pytest.ini"}, 4),
+    ],
+    ids=["docs/testing.md", "README.md"],
+)
+def test_the_documented_example_runs(
+    tmp_path: Path, doc: Path, files: set[str], passed: int
+) -> None:
+    """Every block of the document that starts with ``# <file name>`` is written out and run."""
+    blocks = re.findall(r"```(?:python|ini)\n# (\S+)\n(.*?)```", doc.read_text(), re.S)
+    found = {name: text for name, text in blocks}
+    assert set(found) == files
+    for name, text in found.items():
         (tmp_path / name).write_text(text)
     done = run_pytest(tmp_path)
-    assert "4 passed" in done.stdout, done.stdout + done.stderr
+    assert f"{passed} passed" in done.stdout, done.stdout + done.stderr
