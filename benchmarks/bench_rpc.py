@@ -27,17 +27,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
 from harness import Table, payload
 
 from eventbus import EventBus, wait_for_nodes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test suite's clean-up helpers
 
 Call = Callable[[int], Awaitable[object]]
 
@@ -270,9 +274,8 @@ BASELINES: dict[str, Callable[[str], Awaitable[Rpc]]] = {
 # -- eventbus ------------------------------------------------------------------------------
 
 
-async def eventbus_rpcs(url: str, options: dict[str, object]) -> tuple[Rpc, Rpc]:
+async def eventbus_rpcs(url: str, service: str, options: dict[str, object]) -> tuple[Rpc, Rpc]:
     """(``bus.request`` by topic, ``bus.client().call`` through the registry) on one server."""
-    service = f"bench-{uuid.uuid4().hex[:8]}"
     server = EventBus(url, name=service, **options)  # type: ignore[arg-type]
 
     @server.subscriber(f"{service}.echo", group=service, concurrency=64)
@@ -348,8 +351,9 @@ async def bench(url: str, args: argparse.Namespace) -> None:
             table.add("plain client", **await run(plain, args))
         finally:
             await plain.close()
+    service = f"bench-{uuid.uuid4().hex[:8]}"
     try:
-        request, call = await eventbus_rpcs(url, options_for(scheme, args.option))
+        request, call = await eventbus_rpcs(url, service, options_for(scheme, args.option))
     except Exception as exc:  # no eventbus adapter for this scheme yet
         table.add(f"eventbus: n/a ({type(exc).__name__})")
         print(table.render())
@@ -360,6 +364,7 @@ async def bench(url: str, args: argparse.Namespace) -> None:
         table.add("eventbus client.call", **await run(call, args))
     finally:
         await call.close()
+        await forget(url, service)
     print(table.render())
     got = table.rows[-1].figures
     for base_row in table.rows[:-1]:
@@ -371,6 +376,28 @@ async def bench(url: str, args: argparse.Namespace) -> None:
             f"   client.call vs {base_row.name}: p50 {p50:.2f}x (target <= 1.3x), "
             f"calls/s {rate:.2f}x (target >= 0.7x): {verdict} the target"
         )
+
+
+async def forget(url: str, service: str) -> None:
+    """Delete what the eventbus rows left on a shared server: the echo topic and its group."""
+    scheme = urlsplit(url).scheme
+    topic = f"{service}.echo"
+    if scheme in ("redis", "rediss"):
+        import redis.asyncio as redis_py
+
+        client = redis_py.Redis.from_url(url)
+        try:
+            await client.delete(topic)
+        finally:
+            await client.aclose()
+    elif scheme == "nats":
+        from tests.nats.streams import drop_streams
+
+        await drop_streams(url, topic)
+    elif scheme in ("amqp", "amqps"):
+        from tests.rabbitmq.cleanup import delete
+
+        await delete(url, [f"{topic}.{service}"])
 
 
 def options_for(scheme: str, pairs: list[str]) -> dict[str, object]:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import signal
 import sys
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -33,8 +32,9 @@ WAIT = 20.0  # seconds any single expected event may take on a slow broker
 
 
 @pytest.fixture
-def service() -> str:
-    return f"svc-{uuid.uuid4().hex[:12]}"
+def service(topic: str) -> str:
+    """A fresh service name under the test's topic, so the clean-up finds its topics."""
+    return f"{topic}.svc"
 
 
 def make_node(make_bus: MakeBus, service: str, **settings: object) -> EventBus:
