@@ -29,7 +29,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eventbus.errors import ConfigurationError, DecodeError, HandlerTimeout
+from eventbus.deadlines import run_within
+from eventbus.errors import ConfigurationError, DecodeError
 from eventbus.message import Message
 
 __all__ = [
@@ -202,16 +203,3 @@ def timeout(seconds: float) -> Middleware:
         return limited
 
     return Wrapper(wrap, f"timeout({seconds:g})")
-
-
-async def run_within(seconds: float, call: Next, message: Message) -> Any:
-    """Run ``call(message)``; raise `HandlerTimeout` if it takes longer than ``seconds``."""
-    try:
-        async with asyncio.timeout(seconds) as scope:
-            return await call(message)
-    except TimeoutError:
-        if scope.expired():
-            raise HandlerTimeout(
-                f"handler on {message.topic!r} (id={message.id}) did not finish within {seconds:g}s"
-            ) from None
-        raise

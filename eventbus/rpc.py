@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventbus.broker import Subscription
 from eventbus.codecs import Decoder, Encoder
+from eventbus.deadlines import Deadlines
 from eventbus.errors import ClosedError, RemoteError, RequestTimeout
 from eventbus.message import ERROR, ERROR_TYPE, TRACEPARENT, Message
 
@@ -43,6 +44,9 @@ class Replies:
         # Resolved once per type, as publishers do: replies are on the hot path of RPC.
         self._encoders: dict[type, tuple[str, Encoder]] = {}
         self._decoders: dict[tuple[str | None, Any], Decoder] = {}
+        # Request timeouts share coarse timers (see `eventbus.deadlines`).
+        self._deadlines: Deadlines | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def decoder(self, content_type: str | None, into: Any) -> Decoder:
         """The decoder for replies of ``content_type`` into ``into`` (cached)."""
@@ -76,12 +80,16 @@ class Replies:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
         self._pending[key] = future
-        timer = loop.call_later(timeout, _expire, future, message.topic, timeout)
+        deadlines = self._deadlines
+        if deadlines is None or self._loop is not loop:
+            deadlines = self._deadlines = Deadlines(loop, _expire)
+            self._loop = loop
+        slot = deadlines.add(timeout, key, (future, message.topic, timeout))
         try:
             await send(message)
             return await future
         finally:
-            timer.cancel()
+            slot.pop(key, None)
             self._pending.pop(key, None)
 
     async def _on_reply(self, message: Message) -> None:
@@ -147,7 +155,8 @@ def _reply_headers(request: Message) -> dict[str, str]:
     return {TRACEPARENT: trace} if trace is not None else {}
 
 
-def _expire(future: asyncio.Future[Message], topic: str, timeout: float) -> None:
+def _expire(key: str, waiting: tuple[asyncio.Future[Message], str, float]) -> None:
+    future, topic, timeout = waiting
     if not future.done():
         future.set_exception(RequestTimeout(f"no reply from {topic!r} within {timeout:g}s"))
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from eventbus.broker import Subscription
 from eventbus.codecs import CodecRegistry, Decoder
+from eventbus.deadlines import run_within
 from eventbus.errors import ConfigurationError, UndeliverableError
 from eventbus.message import (
     DEADLINE,
@@ -46,7 +47,6 @@ from eventbus.middleware import (
     RetryPolicy,
     chain,
     retry,
-    run_within,
     timeout,
 )
 
