@@ -202,8 +202,19 @@ async def test_publish_many_delivers_every_message(make_bus: MakeBus, topic: str
         )
         assert [m.key for m in sent[:4]] == ["0", "1", "2", "0"]
         assert await bus.publish_many(topic, []) == []
-        await inbox.wait_for(300)
-    assert sorted(m.id for m in inbox.messages) == sorted(m.id for m in sent)
+        tagged = await bus.publish_many(topic, ["a", "b"], headers={"x-tenant": "acme"})
+        await inbox.wait_for(302)
+    got = {m.id: m for m in inbox.messages}
+    assert sorted(got) == sorted(m.id for m in [*sent, *tagged])
+    for m in [*sent, *tagged]:  # every message keeps its own id and the batch's metadata
+        received = got[m.id]
+        kind = received.type or topic  # an empty type travels as the topic
+        assert (received.body, received.content_type, received.source, kind) == (
+            m.body, m.content_type, m.source, m.type or topic,
+        )  # fmt: skip
+        assert received.time == m.time
+    assert [got[m.id].headers.get("x-tenant") for m in tagged] == ["acme", "acme"]
+    assert all("x-tenant" not in got[m.id].headers for m in sent)
     for key in ("0", "1", "2"):
         order = [m.id for m in inbox.messages if m.key == key]
         assert order == [m.id for m in sent if m.key == key], "order kept per key"
