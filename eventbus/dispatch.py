@@ -64,6 +64,7 @@ class Dispatcher(Generic[T]):
         self._sleeping: list[asyncio.Future[None] | None] = [None] * concurrency
         self._idle: deque[int] = deque()  # sleeping workers, oldest first (may be stale)
         self._listed = [False] * concurrency  # the worker is in _idle
+        self._in_lanes = 0  # items waiting in lanes
         self._workers: list[asyncio.Task[None]] = []
         self._inflight: dict[asyncio.Task[None], T] = {}
         self._unfinished: list[T] = []
@@ -72,9 +73,7 @@ class Dispatcher(Generic[T]):
     @property
     def waiting(self) -> int:
         """Items queued and not yet started."""
-        if self._key is None:
-            return len(self._buffer)
-        return len(self._buffer) + sum(len(lane) for lane in self._lanes)
+        return len(self._buffer) + self._in_lanes
 
     @property
     def pending(self) -> int:
@@ -95,6 +94,7 @@ class Dispatcher(Generic[T]):
             if found is not None:
                 lane = hash(found) % self._concurrency
                 self._lanes[lane].append(item)
+                self._in_lanes += 1
                 self._wake(lane)
                 return
         self._buffer.append(item)
@@ -121,6 +121,7 @@ class Dispatcher(Generic[T]):
         while not self._stopping:
             if lane:
                 item = lane.popleft()
+                self._in_lanes -= 1
             elif buffer:
                 item = buffer.popleft()
             else:
@@ -173,6 +174,7 @@ class Dispatcher(Generic[T]):
         for lane in self._lanes:
             left.extend(lane)
             lane.clear()
+        self._in_lanes = 0
         self._unfinished.clear()
         self._buffer.clear()
         return left
