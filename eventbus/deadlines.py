@@ -5,8 +5,8 @@ of it), and nearly all of them are met. A loop timer per deadline costs about 2 
 (``call_later`` + ``cancel``) and ``asyncio.timeout`` about 4 µs, a tenth of a whole
 request/reply on NATS. Here a deadline falls into a slot of ``resolution`` seconds
 (10 ms); a slot has one loop timer, armed when its first deadline arrives, and a met
-deadline is just removed from its slot's dict. A deadline fires up to one slot late,
-never early.
+deadline is just removed from its slot's dict. A deadline fires up to one slot late
+(10 ms, or 1% of its delay for long ones), never early.
 
 Example:
     >>> import asyncio
@@ -63,20 +63,26 @@ class Deadlines:
         self._loop = loop
         self._on_expire = on_expire
         self._resolution = resolution
-        self._slots: dict[int, dict[Any, Any]] = {}
+        self._slots: dict[tuple[float, int], dict[Any, Any]] = {}
 
     def add(self, delay: float, key: object, value: object) -> dict[Any, Any]:
-        """Register ``key`` to expire ``delay`` seconds from now; returns its slot."""
+        """Register ``key`` to expire ``delay`` seconds from now; returns its slot.
+
+        Deadlines further away get coarser slots (at most 1% late, at least one
+        ``resolution``), so hour-long ones do not keep a timer per 10 ms.
+        """
         resolution = self._resolution
-        index = math.ceil((self._loop.time() + delay) / resolution)
+        if delay >= 1000 * resolution:
+            resolution *= 10 ** min(math.floor(math.log10(delay / resolution)) - 2, 4)
+        index = (resolution, math.ceil((self._loop.time() + delay) / resolution))
         slot = self._slots.get(index)
         if slot is None:
             slot = self._slots[index] = {}
-            self._loop.call_at(index * resolution, self._fire, index)
+            self._loop.call_at(index[0] * index[1], self._fire, index)
         slot[key] = value
         return slot
 
-    def _fire(self, index: int) -> None:
+    def _fire(self, index: tuple[float, int]) -> None:
         slot = self._slots.pop(index, None)
         if not slot:
             return

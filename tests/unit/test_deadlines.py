@@ -68,3 +68,17 @@ async def test_an_outside_cancel_is_not_a_timeout() -> None:
 
 async def _echo(message: Message) -> Message:
     return message
+
+
+async def test_far_deadlines_share_coarser_slots_at_most_one_percent_late() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(loop, lambda key, value: None)
+    for delay in (0.05, 5.0, 30.0, 3600.0, 86400.0):
+        slot = deadlines.add(delay, delay, None)
+        ((resolution, index),) = [k for k, v in deadlines._slots.items() if v is slot]
+        late = resolution * index - (loop.time() + delay)
+        assert 0 <= late <= max(0.01, delay / 100)
+    before = len(deadlines._slots)
+    for i in range(100):  # a second's worth of hour-long deadlines
+        deadlines.add(3600.0 + i * 0.01, ("hour", i), None)
+    assert len(deadlines._slots) - before <= 2, "they share a slot or two, not 100 timers"
