@@ -65,6 +65,9 @@ class Dispatcher(Generic[T]):
         self._idle: deque[int] = deque()  # sleeping workers, oldest first (may be stale)
         self._listed = [False] * concurrency  # the worker is in _idle
         self._in_lanes = 0  # items waiting in lanes
+        self._waking = 0  # workers woken that have not taken an item yet
+        self._balancing = False  # a `_balance` pass is scheduled
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._inflight: dict[asyncio.Task[None], T] = {}
         self._unfinished: list[T] = []
@@ -82,6 +85,7 @@ class Dispatcher(Generic[T]):
 
     def start(self) -> None:
         """Start the workers on the running loop."""
+        self._loop = asyncio.get_running_loop()
         for i in range(self._concurrency):
             task = asyncio.create_task(self._work(i), name=f"eventbus:{self._name}:{i}")
             self._workers.append(task)
@@ -98,18 +102,34 @@ class Dispatcher(Generic[T]):
                 self._wake(lane)
                 return
         self._buffer.append(item)
+        if self._concurrency == 1:
+            self._wake(0)
+        elif not self._balancing and self._idle and self._loop is not None:
+            # Wake workers once the callbacks ready now have run, not per item: a
+            # worker that handles items without ever waiting takes them all in turn
+            # (as one worker would, without a wake-up each), and a handler that waits
+            # leaves the rest in the buffer for the workers `_balance` wakes then.
+            self._balancing = True
+            self._loop.call_soon(self._balance)
+
+    def _balance(self) -> None:
+        self._balancing = False
+        if self._stopping:
+            return
+        wanted = len(self._buffer) - self._waking
         idle = self._idle
-        while idle:
+        while wanted > 0 and idle:
             worker = idle.popleft()
             self._listed[worker] = False
             if self._wake(worker):
-                return
+                wanted -= 1
 
     def _wake(self, worker: int) -> bool:
         waiter = self._sleeping[worker]
         if waiter is None or waiter.done():
             return False
         waiter.set_result(None)
+        self._waking += 1
         return True
 
     async def _work(self, worker: int) -> None:
@@ -134,6 +154,7 @@ class Dispatcher(Generic[T]):
                     await waiter
                 finally:
                     self._sleeping[worker] = None
+                self._waking -= 1
                 continue
             self._inflight[task] = item
             try:

@@ -243,3 +243,37 @@ async def test_memory_keeps_order_per_key_with_many_workers() -> None:
         await inbox.wait_for(400)
     for i in range(5):
         assert seen[f"k{i}"] == list(range(i, 400, 5))
+
+
+async def test_dispatcher_runs_waiting_handlers_side_by_side() -> None:
+    running = 0
+    most = 0
+    release, four_running, all_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    done: list[int] = []
+
+    async def handle(item: int) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        if running == 4:
+            four_running.set()
+        await release.wait()
+        running -= 1
+        done.append(item)
+        if len(done) == 10:
+            all_done.set()
+
+    dispatcher: Dispatcher[int] = Dispatcher(handle, concurrency=4, name="test")
+    dispatcher.start()
+    await asyncio.sleep(0)  # the workers are idle
+    for i in range(10):
+        dispatcher.put(i)
+    async with asyncio.timeout(5):
+        await four_running.wait()
+    assert dispatcher.waiting == 6, "four run, the rest wait for a worker"
+    release.set()
+    async with asyncio.timeout(5):
+        await all_done.wait()
+    assert most == 4
+    assert sorted(done) == list(range(10))
+    assert await dispatcher.stop(grace=1) == []
