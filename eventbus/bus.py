@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime
 from functools import partial
 from types import TracebackType
@@ -535,23 +544,14 @@ class EventBus:
 
         In-flight handlers finish (up to ``shutdown_timeout``) before the bus closes.
         """
-        loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        installed: list[signal.Signals] = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                pass
         try:
-            await self.start()
-            log.info("%s running; SIGINT or SIGTERM stops it", self.name or self.url)
-            await stop.wait()
-            log.info("%s stopping: finishing in-flight handlers", self.name or self.url)
+            with setting_on_signals(stop):
+                await self.start()
+                log.info("%s running; SIGINT or SIGTERM stops it", self.name or self.url)
+                await stop.wait()
+                log.info("%s stopping: finishing in-flight handlers", self.name or self.url)
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
             await self.close()
 
     def blocking(self) -> BlockingBus:
@@ -559,6 +559,25 @@ class EventBus:
         from eventbus.blocking import BlockingBus
 
         return BlockingBus(self)
+
+
+@contextlib.contextmanager
+def setting_on_signals(event: asyncio.Event) -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM set ``event`` (where they can be caught:
+    the main thread of a loop that supports signal handlers)."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, event.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 _default_bus: EventBus | None = None

@@ -42,7 +42,7 @@ from typing import IO, Any
 
 import orjson
 
-from eventbus.bus import EventBus, default_bus
+from eventbus.bus import EventBus, default_bus, setting_on_signals
 from eventbus.cli_services import add_service_commands
 from eventbus.display import (
     Progress,
@@ -286,19 +286,8 @@ def _header(text: str) -> tuple[str, str]:
 
 async def _until_stopped(done: asyncio.Event) -> None:
     """Wait for ``done``, SIGINT or SIGTERM (signals only where they can be caught)."""
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, done.set)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            pass
-    try:
+    with setting_on_signals(done):
         await done.wait()
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
 
 
 def _write(text: str) -> None:
