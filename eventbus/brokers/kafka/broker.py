@@ -392,6 +392,10 @@ class KafkaBroker:
             raise BrokerError(f"Kafka refused to create topic {topic!r}: {error.str()}") from None
 
     async def _exists(self, topic: str) -> bool:
+        return await self._metadata(topic) is not None
+
+    async def _metadata(self, topic: str) -> Any:
+        """The topic's metadata (a ``TopicMetadata``), or ``None`` if it does not exist."""
         admin = self._admin
         assert admin is not None
         try:
@@ -400,7 +404,7 @@ class KafkaBroker:
         except KafkaException as exc:
             raise BrokerUnavailable(f"cannot read Kafka metadata: {exc}") from None
         found = metadata.topics.get(topic)
-        return found is not None and found.error is None
+        return found if found is not None and found.error is None else None
 
     async def partitions(self, topic: str) -> list[int]:
         """The partition numbers of ``topic``.
@@ -410,14 +414,8 @@ class KafkaBroker:
             BrokerUnavailable: the cluster did not answer.
         """
         await self.connect()
-        admin = self._admin
-        assert admin is not None
-        try:
-            metadata = await asyncio.to_thread(admin.list_topics, timeout=self.options.timeout)
-        except KafkaException as exc:
-            raise BrokerUnavailable(f"cannot read Kafka metadata: {exc}") from None
-        found = metadata.topics.get(topic)
-        if found is None or found.error is not None or not found.partitions:
+        found = await self._metadata(topic)
+        if found is None or not found.partitions:
             raise TopicNotFound(f"topic {topic!r} does not exist on Kafka at {self.bootstrap}")
         return sorted(found.partitions)
 
