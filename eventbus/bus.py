@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -317,16 +318,18 @@ class EventBus:
             >>> calc = bus.client("calculator", selector="round_robin")
             >>> # await calc.call("add", {"a": 1, "b": 2}, timeout=2.0)
         """
-        if isinstance(selector, Selector):
-            return Client(
-                self,
-                service,
-                selector=selector,
-                version=version,
-                metadata=metadata,
-                timeout=timeout,
-                retries=retries,
-            )
+        build = functools.partial(
+            Client,
+            self,
+            service,
+            selector=selector,
+            version=version,
+            metadata=metadata,
+            timeout=timeout,
+            retries=retries,
+        )
+        if isinstance(selector, Selector):  # the caller's own selector: its own client
+            return build()
         key = (
             service,
             selector,
@@ -337,15 +340,7 @@ class EventBus:
         )
         found = self._clients.get(key)
         if found is None:
-            found = self._clients[key] = Client(
-                self,
-                service,
-                selector=selector,
-                version=version,
-                metadata=metadata,
-                timeout=timeout,
-                retries=retries,
-            )
+            found = self._clients[key] = build()
         return found
 
     # -- publishing --------------------------------------------------------------------
