@@ -201,6 +201,7 @@ async def test_publish_to_a_hung_server_fails_within_timeout(
         assert private_server.process is not None
         private_server.process.send_signal(signal.SIGSTOP)
         try:
+            _wait_stopped(private_server.process.pid)  # the signal lands asynchronously
             started = time.monotonic()
             with pytest.raises(BrokerUnavailable, match=r"did not acknowledge within 1s"):
                 await bus.publish(topic, {"n": 1})
@@ -223,3 +224,14 @@ async def test_close_while_the_server_is_down_does_not_hang(
     started = time.monotonic()
     await asyncio.wait_for(bus.close(), 10)
     assert time.monotonic() - started < 5
+
+
+def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Wait until process ``pid`` is stopped (state ``T`` in /proc), e.g. after SIGSTOP."""
+    stat = Path(f"/proc/{pid}/stat")
+    deadline = time.monotonic() + timeout
+    # The state follows the parenthesised command name, which may itself hold spaces.
+    while stat.read_text().rpartition(")")[2].split()[0] != "T":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} did not stop within {timeout:g}s")
+        time.sleep(0.005)
